@@ -1,0 +1,90 @@
+"""Backends: the ops forward.py composes, implemented over NumPy or over the kernels.
+
+NumPy ("numpy" backend) is the mathematical reference for tolerance comparisons: float64
+by default, float32 on request, BLAS matmuls, no bit contract. The kernel backends
+("reference", "cpu") follow NUMERICS.md bit for bit.
+"""
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+
+@numba.vectorize(["float64(float64)", "float32(float32)"], cache=True)
+def _erf(x):
+    # NumPy has no erf; libm's via Numba keeps the numpy path free of SciPy.
+    return math.erf(x)
+
+
+def _gelu_tanh(x):
+    # The original ALBERT/BERT form, written as TF evaluates it.
+    c = x.dtype.type(math.sqrt(2.0 / math.pi))
+    return x * (0.5 * (1.0 + np.tanh(c * (x + 0.044715 * x ** 3))))
+
+
+def _gelu_erf(x):
+    return 0.5 * x * (1.0 + _erf(x / x.dtype.type(math.sqrt(2.0))))
+
+
+ACTIVATIONS = {
+    None: lambda x: x,
+    "linear": lambda x: x,
+    "gelu_tanh": _gelu_tanh,
+    "gelu_erf": _gelu_erf,
+    "relu": lambda x: np.maximum(x, 0),
+    "tanh": np.tanh,
+}
+
+
+def real_keys(input_mask):
+    """Which keys attention may look at: the real tokens, or every key of a sequence that
+    has none (TF's -10000 bias then shifts all scores alike, so it attends to all)."""
+    real = np.asarray(input_mask) != 0
+    real[~real.any(axis=1)] = True
+    return real
+
+
+class NumpyOps:
+    """Plain NumPy in float64 or float32."""
+
+    name = "numpy"
+
+    def __init__(self, dtype="float64"):
+        if np.dtype(dtype) not in (np.float32, np.float64):
+            raise ValueError(f"numpy backend dtype must be float32 or float64, got {dtype!r}")
+        self.dtype = np.dtype(dtype)
+
+    def prepare(self, name, array):
+        return np.ascontiguousarray(array, dtype=self.dtype)
+
+    def embed(self, input_ids, segment_ids, word, token_type, position):
+        seq_len = input_ids.shape[1]
+        return (word[input_ids] + token_type[segment_ids]) + position[:seq_len]
+
+    def layer_norm(self, x, residual, gamma, beta, eps):
+        if residual is not None:
+            x = x + residual
+        mean = x.mean(axis=-1, keepdims=True)
+        var = np.square(x - mean).mean(axis=-1, keepdims=True)
+        # TF's nn.batch_normalization order, not the textbook one.
+        inv = (1.0 / np.sqrt(var + self.dtype.type(eps))) * gamma
+        return x * inv + (beta - mean * inv)
+
+    def dense(self, x, kernel, bias, activation=None):
+        return ACTIVATIONS[activation](np.matmul(x, kernel) + bias)
+
+    def attention(self, q, k, v, input_mask, num_heads):
+        b, s, h = q.shape
+        d = h // num_heads
+
+        def heads(t):
+            return t.reshape(b, s, num_heads, d).transpose(0, 2, 1, 3)
+
+        scores = np.matmul(heads(q), heads(k).transpose(0, 1, 3, 2)) * self.dtype.type(1.0 / math.sqrt(d))
+        scores = np.where(real_keys(input_mask)[:, None, None, :], scores, -np.inf)
+        scores = scores - scores.max(axis=-1, keepdims=True)
+        weights = np.exp(scores)
+        weights /= weights.sum(axis=-1, keepdims=True)
+        return np.matmul(weights, heads(v)).transpose(0, 2, 1, 3).reshape(b, s, h)

@@ -1,0 +1,169 @@
+"""The `albert-ref` command line."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from albert_ref.errors import AlbertRefError
+
+
+def _cmd_convert(args):
+    from albert_ref.weights.convert import convert
+    model = convert(args.src, args.out, config_path=args.config, spm_path=args.spm,
+                    do_lower_case=not args.cased)
+    c = model.config
+    print(f"wrote {args.out}: {model.provenance['source_format']}, hidden {c.hidden_size}, "
+          f"{c.num_hidden_layers} layers, {len(model.tensors)} tensors, "
+          f"heads: {', '.join(model.heads) or 'none'}, tokenizer: {'yes' if model.spm_model else 'no'}")
+
+
+def _load(args):
+    import albert_ref
+    return albert_ref.load(args.model, backend=args.backend, dtype=args.dtype, threads=args.threads)
+
+
+def _cmd_run(args):
+    from albert_ref.atomic import atomic_output
+    try:
+        with np.load(args.inputs) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError) as exc:
+        raise AlbertRefError(f"{args.inputs}: cannot read inputs: {exc}") from None
+    if "input_ids" not in arrays:
+        raise AlbertRefError(f"{args.inputs}: has no input_ids array (found: {', '.join(arrays) or 'nothing'})")
+    model = _load(args)
+    out = model(arrays["input_ids"], arrays.get("input_mask"), arrays.get("segment_ids"),
+                hidden_states=args.hidden_states, heads=tuple(args.heads))
+    with atomic_output(args.output) as fh:
+        np.savez(fh, **out)
+    print(f"wrote {args.output}: " + ", ".join(f"{k} {list(v.shape)}" for k, v in out.items()))
+
+
+def _cmd_tokenize(args):
+    import albert_ref
+    from albert_ref.model import tokenizer_of
+    from albert_ref.weights.model_file import read_model
+    model_file = read_model(args.model)
+    tok = tokenizer_of(model_file)
+    limit = model_file.config.max_position_embeddings
+    max_len = args.max_seq_length or limit
+    if max_len > limit:
+        raise albert_ref.InputError(f"--max-seq-length {max_len} exceeds the model's max_position_embeddings {limit}")
+    texts = [tuple(args.texts[i:i + 2]) for i in range(0, len(args.texts), 2)] if args.pair else args.texts
+    if args.pair and len(args.texts) % 2:
+        raise albert_ref.InputError("--pair needs an even number of texts")
+    results = []
+    for text in texts:
+        enc = tok.encode(*(text if args.pair else (text,)), max_seq_length=max_len)
+        results.append({"text": text, "pieces": enc.pieces, "input_ids": list(map(int, enc.input_ids)),
+                        "segment_ids": list(map(int, enc.segment_ids)), "truncated": enc.truncated})
+    if args.json:
+        print(json.dumps(results if len(results) != 1 else results[0], ensure_ascii=False))
+    else:
+        for r in results:
+            print(" ".join(f"{p}:{i}" for p, i in zip(r["pieces"], r["input_ids"])))
+            if r["truncated"]:
+                print(f"  ({r['truncated']} pieces truncated)", file=sys.stderr)
+
+
+def _cmd_info(args):
+    from albert_ref.weights.model_file import read_model
+    from albert_ref.weights.names import encoder_shapes
+    m = read_model(args.model, verify=False)
+    params = sum(int(np.prod(s)) for s in encoder_shapes(m.config).values())
+    info = {"file": str(args.model), "config": m.config.to_dict(), "parameters": params,
+            "heads": list(m.heads), "tokenizer": None if m.spm_model is None else
+            {"bytes": len(m.spm_model), **m.tokenizer_options},
+            "provenance": m.provenance, "digest": m.digest}
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return
+    c = m.config
+    print(f"{args.model}: ALBERT, {params:,} encoder parameters")
+    print(f"  embedding {c.embedding_size}, hidden {c.hidden_size}, {c.num_attention_heads} heads of {c.head_size}, "
+          f"intermediate {c.intermediate_size}, {c.num_hidden_layers} layers over {c.num_hidden_groups} group(s) "
+          f"x {c.inner_group_num} block(s), activation {c.hidden_act}")
+    print(f"  vocab {c.vocab_size}, max positions {c.max_position_embeddings}, token types {c.type_vocab_size}")
+    print(f"  heads: {', '.join(m.heads) or 'none'}")
+    tok = info["tokenizer"]
+    print("  tokenizer: " + ("none (token ids only)" if tok is None else
+                             f"sentencepiece {tok['bytes']:,} bytes, {tok['flavour']} preprocessing, "
+                             f"lower-case {tok['do_lower_case']}"))
+    print(f"  source: {m.provenance.get('source_format', '?')} via {m.provenance.get('converter', '?')}")
+    print(f"  digest: {m.digest}")
+    print("  checksums: not checked (run `albert-ref verify`)")
+
+
+def _cmd_verify(args):
+    from albert_ref.weights.model_file import read_model
+    m = read_model(args.model, verify=True)
+    print(f"{args.model}: OK: {len(m.tensors)} tensors"
+          f"{' and the tokenizer' if m.spm_model else ''} match their SHA-256; digest {m.digest}")
+
+
+def _add_backend_options(p):
+    p.add_argument("--backend", default="cpu", choices=("cpu", "reference", "numpy"))
+    p.add_argument("--dtype", default=None, choices=("float32", "float64"),
+                   help="numpy backend only (default float64); kernel backends are float32")
+    p.add_argument("--threads", type=int, default=None, help="compute threads (default: NUMBA_NUM_THREADS or all cores)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="albert-ref", description="Bit-reproducible ALBERT inference.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("convert", help="convert a TF checkpoint, TF-Hub module or Hugging Face model to .h5")
+    p.add_argument("src", help="checkpoint prefix, TF-Hub module directory or .tar.gz, or Hugging Face directory")
+    p.add_argument("out", help="output .h5 file")
+    p.add_argument("--config", help="albert_config.json for TF sources (default: beside the checkpoint / in assets/)")
+    p.add_argument("--spm", help="sentencepiece model for TF sources (default: 30k-clean.model beside it)")
+    p.add_argument("--cased", action="store_true", help="TF sources: the sentencepiece model is cased (no lower-casing)")
+    p.set_defaults(func=_cmd_convert)
+
+    p = sub.add_parser("run", help="run the TF-Hub `tokens` signature on ids from an .npz")
+    p.add_argument("model")
+    p.add_argument("--inputs", required=True, help=".npz with input_ids, input_mask, segment_ids [batch, seq]")
+    p.add_argument("--output", required=True, help=".npz to receive sequence_output and pooled_output")
+    p.add_argument("--hidden-states", action="store_true", help="also write every layer's output")
+    p.add_argument("--heads", nargs="*", default=[], choices=("mlm", "sop"), help="also write pretraining heads' logits")
+    _add_backend_options(p)
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("tokenize", help="show the pieces and ids of texts")
+    p.add_argument("model")
+    p.add_argument("texts", nargs="+")
+    p.add_argument("--pair", action="store_true", help="texts are consecutive (A, B) pairs")
+    p.add_argument("--max-seq-length", type=int, default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_tokenize)
+
+    p = sub.add_parser("info", help="describe a model file")
+    p.add_argument("model")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("verify", help="check every tensor's SHA-256")
+    p.add_argument("model")
+    p.set_defaults(func=_cmd_verify)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except AlbertRefError as exc:
+        print(f"albert-ref: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("albert-ref: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,25 @@
+"""Exceptions raised by albert-ref. Every error names the file, tensor or field at fault."""
+
+
+class AlbertRefError(Exception):
+    """Base class of every error albert-ref raises on bad input."""
+
+
+class ConfigError(AlbertRefError, ValueError):
+    """An ALBERT configuration is malformed or asks for something unsupported."""
+
+
+class ModelFileError(AlbertRefError):
+    """An albert-ref .h5 model file is malformed, corrupt or inconsistent."""
+
+
+class ConversionError(AlbertRefError):
+    """A source checkpoint (TF bundle, TF-Hub module, Hugging Face) cannot be converted."""
+
+
+class InputError(AlbertRefError, ValueError):
+    """Model inputs (ids, mask, segment ids) are out of range or malformed."""
+
+
+class TokenizerError(AlbertRefError):
+    """Text cannot be tokenized (no tokenizer in the model file, undecodable bytes, ...)."""

@@ -1,0 +1,98 @@
+"""The ALBERT forward pass (Lan et al., 2019), written once over a backend's ops.
+
+Every backend (float64/float32 NumPy, the reference kernels, the fast CPU kernels)
+supplies the same handful of ops; this module only says how they compose, in the order
+google-research/albert modeling.py computes them. `params` maps TF variable names to
+whatever the backend prepared from them (e.g. packed GEMM panels).
+"""
+from __future__ import annotations
+
+from albert_ref.config import AlbertConfig
+from albert_ref.weights.names import EMB, MAPPING, MLM, POOLER, SOP, block_prefix
+
+# The MLM decoder reuses the word embeddings, transposed; backends prepare that copy
+# under this name.
+MLM_DECODER = MLM + "decoder/kernel"
+
+
+def embeddings(ops, params, config: AlbertConfig, input_ids, segment_ids):
+    """(word + token type) + position embeddings, LayerNorm, then projection to hidden size."""
+    x = ops.embed(input_ids, segment_ids, params[EMB + "word_embeddings"],
+                  params[EMB + "token_type_embeddings"], params[EMB + "position_embeddings"])
+    x = ops.layer_norm(x, None, params[EMB + "LayerNorm/gamma"], params[EMB + "LayerNorm/beta"],
+                       config.layer_norm_eps)
+    if config.project_embeddings:
+        x = ops.dense(x, params[MAPPING + "kernel"], params[MAPPING + "bias"])
+    return x
+
+
+def self_attention(ops, params, prefix: str, config: AlbertConfig, x, input_mask):
+    """Multi-head scaled dot-product attention over the real keys, then the output projection."""
+    p = prefix + "attention_1/"
+    q, k, v = (ops.dense(x, params[f"{p}self/{n}/kernel"], params[f"{p}self/{n}/bias"])
+               for n in ("query", "key", "value"))
+    context = ops.attention(q, k, v, input_mask, config.num_attention_heads)
+    return ops.dense(context, params[p + "output/dense/kernel"], params[p + "output/dense/bias"])
+
+
+def feed_forward(ops, params, prefix: str, config: AlbertConfig, x):
+    p = prefix + "ffn_1/intermediate/"
+    h = ops.dense(x, params[p + "dense/kernel"], params[p + "dense/bias"], config.hidden_act)
+    return ops.dense(h, params[p + "output/dense/kernel"], params[p + "output/dense/bias"])
+
+
+def transformer_block(ops, params, prefix: str, config: AlbertConfig, x, input_mask):
+    """One attention + FFN block with post-residual LayerNorms."""
+    eps = config.layer_norm_eps
+    a = ops.layer_norm(self_attention(ops, params, prefix, config, x, input_mask), x,
+                       params[prefix + "LayerNorm/gamma"], params[prefix + "LayerNorm/beta"], eps)
+    f = feed_forward(ops, params, prefix, config, a)
+    return ops.layer_norm(f, a, params[prefix + "LayerNorm_1/gamma"], params[prefix + "LayerNorm_1/beta"], eps)
+
+
+def encoder(ops, params, config: AlbertConfig, x, input_mask, keep_hidden_states=False):
+    """num_hidden_layers layers; layer i runs group int(i / L * G)'s inner_group_num blocks."""
+    hidden_states = [x] if keep_hidden_states else None
+    for layer in range(config.num_hidden_layers):
+        group = config.group_of_layer(layer)
+        for inner in range(config.inner_group_num):
+            x = transformer_block(ops, params, block_prefix(group, inner), config, x, input_mask)
+        if keep_hidden_states:
+            hidden_states.append(x)
+    return x, hidden_states
+
+
+def pooler(ops, params, sequence_output):
+    """tanh(dense(first token))."""
+    return ops.dense(sequence_output[:, 0], params[POOLER + "kernel"], params[POOLER + "bias"], "tanh")
+
+
+def masked_lm_logits(ops, params, config: AlbertConfig, sequence_output):
+    """cls/predictions: dense + activation, LayerNorm, then logits against the word embeddings."""
+    p = MLM + "transform/"
+    h = ops.dense(sequence_output, params[p + "dense/kernel"], params[p + "dense/bias"], config.hidden_act)
+    h = ops.layer_norm(h, None, params[p + "LayerNorm/gamma"], params[p + "LayerNorm/beta"], config.layer_norm_eps)
+    return ops.dense(h, params[MLM_DECODER], params[MLM + "output_bias"])
+
+
+def sentence_order_logits(ops, params, pooled_output):
+    """cls/seq_relationship: pooled @ output_weights^T + output_bias."""
+    return ops.dense(pooled_output, params[SOP + "output_weights_t"], params[SOP + "output_bias"])
+
+
+def forward(ops, params, config: AlbertConfig, input_ids, input_mask, segment_ids, *,
+            hidden_states=False, heads=()):
+    """Run the model; returns sequence_output, pooled_output and whatever else was asked for.
+
+    heads: any of "mlm", "sop" (the file must have them).
+    """
+    x = embeddings(ops, params, config, input_ids, segment_ids)
+    sequence_output, states = encoder(ops, params, config, x, input_mask, hidden_states)
+    out = {"sequence_output": sequence_output, "pooled_output": pooler(ops, params, sequence_output)}
+    if hidden_states:
+        out["hidden_states"] = states
+    if "mlm" in heads:
+        out["mlm_logits"] = masked_lm_logits(ops, params, config, sequence_output)
+    if "sop" in heads:
+        out["sop_logits"] = sentence_order_logits(ops, params, out["pooled_output"])
+    return out

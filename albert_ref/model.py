@@ -1,0 +1,123 @@
+"""A loaded model: its file, a backend, and the TF-Hub `tokens` signature as a call."""
+from __future__ import annotations
+
+import numpy as np
+
+from albert_ref import forward as fwd
+from albert_ref.backends import NumpyOps
+from albert_ref.errors import InputError, TokenizerError
+from albert_ref.weights.model_file import ModelFile, read_model
+from albert_ref.weights.names import SOP, encoder_shapes
+
+BACKENDS = ("cpu", "reference", "numpy")
+
+
+def make_ops(backend: str, dtype: str | None, threads: int | None):
+    """The ops object for a backend name. Kernel backends are float32 only."""
+    if backend == "numpy":
+        return NumpyOps(dtype or "float64")
+    if backend in ("cpu", "reference"):
+        if dtype not in (None, "float32"):
+            raise ValueError(f"backend {backend!r} computes in float32 only (got dtype={dtype!r}); "
+                             f"use backend='numpy' for float64")
+        from albert_ref.kernel_backend import KernelOps
+        return KernelOps(fast=backend == "cpu", threads=threads)
+    raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+
+
+def tokenizer_of(model_file: ModelFile):
+    """The tokenizer a model file carries, with the preprocessing options it was stored with."""
+    if model_file.spm_model is None:
+        raise TokenizerError("this model file has no sentencepiece model; run it on token ids")
+    from albert_ref.tokenizer import Tokenizer
+    return Tokenizer(model_file.spm_model, **model_file.tokenizer_options)
+
+
+def load(path, backend: str = "cpu", dtype: str | None = None, threads: int | None = None,
+         verify: bool = True) -> "Model":
+    """Load a model file. backend: "cpu" (fast kernels, the default), "reference" (the
+    kernels that define the bits) or "numpy" (float64 by default, or dtype="float32")."""
+    return Model(read_model(path, verify=verify), backend, dtype, threads)
+
+
+class Model:
+    def __init__(self, model_file: ModelFile, backend: str = "cpu", dtype: str | None = None,
+                 threads: int | None = None):
+        self.file = model_file
+        self.config = model_file.config
+        self.backend = backend
+        self.ops = make_ops(backend, dtype, threads)
+        self.dtype = np.dtype(getattr(self.ops, "dtype", np.float32))
+        tensors = dict(model_file.tensors)
+        if "mlm" in model_file.heads:
+            tensors[fwd.MLM_DECODER] = np.ascontiguousarray(tensors["bert/embeddings/word_embeddings"].T)
+        if "sop" in model_file.heads:
+            tensors[SOP + "output_weights_t"] = np.ascontiguousarray(tensors[SOP + "output_weights"].T)
+        self.params = {name: self.ops.prepare(name, array) for name, array in tensors.items()}
+        self._tokenizer = None
+
+    @property
+    def heads(self) -> tuple[str, ...]:
+        return self.file.heads
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(int(np.prod(s)) for s in encoder_shapes(self.config).values())
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            self._tokenizer = tokenizer_of(self.file)
+        return self._tokenizer
+
+    def __call__(self, input_ids, input_mask=None, segment_ids=None, *, hidden_states=False, heads=()):
+        """Run the TF-Hub `tokens` signature: int arrays [batch, seq] in, a dict of arrays out.
+
+        hidden_states=True adds "hidden_states" [layers + 1, batch, seq, hidden] (index 0
+        is the projected embedding output); heads=("mlm", "sop") adds the pretraining
+        heads' logits when the file has them.
+        """
+        input_ids, input_mask, segment_ids = self.check_inputs(input_ids, input_mask, segment_ids)
+        heads = tuple(heads)
+        missing = [h for h in heads if h not in self.heads]
+        if missing:
+            raise InputError(f"the model file has no {', '.join(missing)} head (it has: {', '.join(self.heads) or 'none'})")
+        out = fwd.forward(self.ops, self.params, self.config, input_ids, input_mask, segment_ids,
+                          hidden_states=hidden_states, heads=heads)
+        if hidden_states:
+            out["hidden_states"] = np.stack(out["hidden_states"])
+        return {k: np.asarray(v) for k, v in out.items()}
+
+    def check_inputs(self, input_ids, input_mask=None, segment_ids=None):
+        """Validate and normalise the three int arrays; every error names the array at fault."""
+        ids = _int_array("input_ids", input_ids)
+        batch, seq = ids.shape
+        mask = np.ones_like(ids) if input_mask is None else _int_array("input_mask", input_mask, ids.shape)
+        segs = np.zeros_like(ids) if segment_ids is None else _int_array("segment_ids", segment_ids, ids.shape)
+        c = self.config
+        if seq > c.max_position_embeddings:
+            raise InputError(f"sequence length {seq} exceeds max_position_embeddings {c.max_position_embeddings}")
+        _in_range("input_ids", ids, c.vocab_size, "vocab_size")
+        _in_range("segment_ids", segs, c.type_vocab_size, "type_vocab_size")
+        _in_range("input_mask", mask, 2, "2 (masks are 0/1)")
+        return ids, mask, segs
+
+
+def _int_array(name, value, shape=None):
+    array = np.asarray(value)
+    if array.dtype == bool and name == "input_mask":
+        array = array.astype(np.int32)
+    if not np.issubdtype(array.dtype, np.integer):
+        raise InputError(f"{name} must be an integer array, got dtype {array.dtype}")
+    if array.ndim != 2 or 0 in array.shape:
+        raise InputError(f"{name} must be a non-empty [batch, seq] array, got shape {array.shape}")
+    if shape is not None and array.shape != shape:
+        raise InputError(f"{name} has shape {array.shape}, but input_ids has {shape}")
+    return np.ascontiguousarray(array, dtype=np.int32) if np.all((array >= -2**31) & (array < 2**31)) else array
+
+
+def _in_range(name, array, bound, bound_name):
+    bad = (array < 0) | (array >= bound)
+    if bad.any():
+        where = tuple(np.argwhere(bad)[0].tolist())
+        raise InputError(f"{name}[{where[0]}, {where[1]}] = {array[where]} is outside [0, {bound}) ({bound_name})")

@@ -1,0 +1,1 @@
+"""Compute kernels: plain reference kernels that define the bits, fast Numba kernels beside them."""

@@ -1,0 +1,150 @@
+"""`albert-ref convert`: detect the source (TF checkpoint, TF-Hub module, Hugging Face
+directory) and write one albert-ref model file."""
+from __future__ import annotations
+
+import hashlib
+import re
+import tarfile
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from albert_ref.config import AlbertConfig
+from albert_ref.errors import ConversionError, ModelFileError
+from albert_ref.weights.model_file import ModelFile, write_model
+
+# Training state a pretraining checkpoint may carry next to the weights.
+_TRAINING_STATE = re.compile(r"(^global_step$|/adam_[mv]$|/Adam(_1)?$|/Momentum$|/lamb_[mv]$)")
+_TOKENIZER_NAMES = ("30k-clean.model", "spiece.model")
+
+
+def converter_version() -> str:
+    from albert_ref import __version__
+    return f"albert-ref {__version__}"
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def detect(src: Path) -> str:
+    """"tf_hub_module", "tf_hub_archive", "tf_checkpoint" or "huggingface"."""
+    if src.is_dir():
+        if (src / "variables" / "variables.index").is_file():
+            return "tf_hub_module"
+        if (src / "config.json").is_file():
+            return "huggingface"
+        if len(list(src.glob("*.index"))) == 1:
+            return "tf_checkpoint"
+        raise ConversionError(f"{src}: not a TF-Hub module (variables/variables.index), a Hugging Face "
+                              f"directory (config.json) or a directory with exactly one TF checkpoint")
+    if src.is_file() and (src.name.endswith((".tar.gz", ".tgz", ".tar"))):
+        return "tf_hub_archive"
+    if Path(f"{src}.index").is_file() or (src.suffix == ".index" and src.is_file()):
+        return "tf_checkpoint"
+    raise ConversionError(f"{src}: no such checkpoint, module or directory")
+
+
+def convert(src, out, *, config_path=None, spm_path=None, do_lower_case=True) -> ModelFile:
+    """Convert `src` to the model file `out`; returns what was written.
+
+    config_path / spm_path override or supply albert_config.json and the sentencepiece
+    model for TF sources; do_lower_case applies to TF sources (the released ALBERT
+    sentencepiece models are uncased).
+    """
+    src, out = Path(src), Path(out)
+    kind = detect(src)
+    if kind == "huggingface":
+        if config_path or spm_path:
+            raise ConversionError("--config/--spm apply to TF sources; a Hugging Face directory carries its own")
+        model = _from_huggingface(src)
+    elif kind == "tf_hub_archive":
+        with tempfile.TemporaryDirectory(prefix="albert-ref-hub-") as tmp:
+            model = _from_tf(_extract_hub_archive(src, Path(tmp)), "tf_hub_module", config_path, spm_path,
+                             do_lower_case, archive=src)
+    else:
+        model = _from_tf(src, kind, config_path, spm_path, do_lower_case)
+    try:
+        write_model(out, model)
+    except ModelFileError as exc:
+        raise ConversionError(f"{src}: {exc}") from None
+    return model
+
+
+def _from_huggingface(src: Path) -> ModelFile:
+    from albert_ref.weights.hf_source import read_huggingface
+    hf = read_huggingface(src)
+    options = {"flavour": "huggingface", **hf.tokenizer_options}
+    return ModelFile(hf.config, hf.tensors, hf.spm_model, options,
+                     {"source_format": "huggingface", "sources": hf.sources, "converter": converter_version()})
+
+
+def _from_tf(src: Path, kind: str, config_path, spm_path, do_lower_case, archive: Path | None = None) -> ModelFile:
+    from albert_ref.weights.tf_bundle import read_bundle
+    if kind == "tf_hub_module":
+        prefix, assets = src / "variables" / "variables", src / "assets"
+    else:
+        prefix = _checkpoint_prefix(src)
+        assets = prefix.parent
+    config_file = Path(config_path) if config_path else assets / "albert_config.json"
+    if not config_file.is_file():
+        raise ConversionError(f"{src}: no albert_config.json found at {config_file}; pass --config")
+    config = AlbertConfig.from_json_file(config_file, "original")
+    spm_file = Path(spm_path) if spm_path else next(
+        (assets / n for n in _TOKENIZER_NAMES if (assets / n).is_file()), None)
+    if spm_path and not spm_file.is_file():
+        raise ConversionError(f"{spm_file}: no such sentencepiece model")
+
+    tensors = {}
+    for name, array in read_bundle(prefix).items():
+        if _TRAINING_STATE.search(name):
+            continue
+        if array.dtype != np.float32:
+            raise ConversionError(f"{prefix}: tensor {name} has dtype {array.dtype}; ALBERT weights are float32")
+        tensors[name] = array
+    files = [Path(f"{prefix}.index"), *sorted(prefix.parent.glob(f"{prefix.name}.data-*")), config_file]
+    if spm_file:
+        files.append(spm_file)
+    sources = {f.name: file_digest(f) for f in files}
+    if archive is not None:
+        sources = {archive.name: file_digest(archive), **sources}
+    provenance = {"source_format": kind, "sources": sources, "converter": converter_version()}
+    spm = spm_file.read_bytes() if spm_file else None
+    options = {"flavour": "original", "do_lower_case": bool(do_lower_case), "keep_accents": False, "remove_space": True}
+    return ModelFile(config, tensors, spm, options, provenance)
+
+
+def _checkpoint_prefix(src: Path) -> Path:
+    if src.is_dir():
+        return next(src.glob("*.index")).with_suffix("")
+    return src.with_suffix("") if src.suffix == ".index" else src
+
+
+def _extract_hub_archive(archive: Path, dest: Path) -> Path:
+    """Extract just variables/ and assets/ of a downloaded TF-Hub module archive."""
+    try:
+        with tarfile.open(archive) as tar:
+            wanted = []
+            for member in tar.getmembers():
+                parts = Path(member.name).parts
+                parts = parts[1:] if parts and parts[0] == "." else parts
+                if not parts or parts[0] not in ("variables", "assets") or len(parts) != 2:
+                    continue
+                if not member.isfile():
+                    raise ConversionError(f"{archive}: {member.name} is not a regular file")
+                wanted.append((member, dest.joinpath(*parts)))
+            if not any(p.name == "variables.index" for _, p in wanted):
+                raise ConversionError(f"{archive}: no variables/variables.index in the archive: not a TF-Hub module")
+            for member, target in wanted:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with tar.extractfile(member) as fin, open(target, "wb") as fout:
+                    while block := fin.read(1 << 20):
+                        fout.write(block)
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise ConversionError(f"{archive}: unreadable archive (truncated or corrupt?): {exc}") from None
+    return dest
