@@ -33,6 +33,12 @@ class ModelFile:
     tokenizer_options: dict = dataclasses.field(default_factory=lambda: dict(TOKENIZER_OPTIONS))
     provenance: dict = dataclasses.field(default_factory=dict)
 
+    def __post_init__(self):
+        unknown = set(self.tokenizer_options) - set(TOKENIZER_OPTIONS)
+        if unknown:
+            raise ModelFileError(f"unknown tokenizer option(s): {', '.join(sorted(unknown))}")
+        self.tokenizer_options = {**TOKENIZER_OPTIONS, **self.tokenizer_options}
+
     @property
     def heads(self) -> tuple[str, ...]:
         return tuple(h for h, names in head_shapes(self.config).items() if set(names) <= set(self.tensors))
@@ -81,7 +87,6 @@ def write_model(path, model: ModelFile) -> None:
     """Validate `model` and write it to `path` atomically."""
     path = Path(path)
     check_tensors(model.config, model.tensors)
-    options = {**TOKENIZER_OPTIONS, **model.tokenizer_options}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
     os.close(fd)
     try:
@@ -99,7 +104,7 @@ def write_model(path, model: ModelFile) -> None:
                 tok = f.create_group("tokenizer")
                 ds = tok.create_dataset("sentencepiece", data=np.frombuffer(model.spm_model, dtype=np.uint8))
                 ds.attrs["sha256"] = sha256(model.spm_model)
-                tok.attrs["options"] = json.dumps(options, sort_keys=True)
+                tok.attrs["options"] = json.dumps(model.tokenizer_options, sort_keys=True)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -123,7 +128,7 @@ def read_model(path, verify: bool = True) -> ModelFile:
             return _read(f, path, verify)
     except ModelFileError:
         raise
-    except (OSError, KeyError, ValueError, TypeError) as exc:
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
         # h5py reports damaged metadata and data blocks this way.
         raise ModelFileError(f"{path}: corrupt model file: {exc}") from None
 

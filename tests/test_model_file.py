@@ -1,0 +1,178 @@
+"""The .h5 model format: lossless round trip, validation on load, atomic writes."""
+import json
+import os
+
+import h5py
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from albert_ref.errors import ModelFileError
+from albert_ref.weights.model_file import ModelFile, read_model, sha256, write_model
+from model_util import random_model_file, tiny_config
+
+EMB = "bert/embeddings/word_embeddings"
+
+
+@pytest.fixture(scope="module")
+def model():
+    return random_model_file(tiny_config(num_hidden_groups=2, inner_group_num=2), heads=("mlm", "sop"),
+                             spm_model=b"\x0a\x03abc not a real spm, just bytes", do_lower_case=False)
+
+
+@pytest.fixture
+def good_file(tmp_path, model):
+    path = tmp_path / "m.h5"
+    write_model(path, model)
+    return path
+
+
+def test_round_trip_is_bit_exact(good_file, model):
+    back = read_model(good_file)
+    assert back.config == model.config
+    assert set(back.tensors) == set(model.tensors)
+    for name, array in model.tensors.items():
+        assert back.tensors[name].dtype == np.float32 and back.tensors[name].flags.c_contiguous
+        assert np.array_equal(back.tensors[name].view(np.uint32), array.view(np.uint32)), name
+    assert back.spm_model == model.spm_model
+    assert back.tokenizer_options["do_lower_case"] is False
+    assert back.heads == ("mlm", "sop")
+    assert back.digest == model.digest
+    assert back.provenance == model.provenance
+
+
+def test_layout_is_documented_layout(good_file, model):
+    with h5py.File(good_file) as f:
+        assert f.attrs["format"] == "albert-ref" and f.attrs["format_version"] == 1
+        ds = f["weights/" + EMB]
+        assert ds.chunks is None and ds.compression is None and ds.dtype == np.dtype("<f4")
+        assert ds.attrs["sha256"] == sha256(model.tensors[EMB])
+        assert json.loads(f.attrs["config"])["hidden_act"] == "gelu_tanh"
+
+
+def _no_leftovers(tmp_path):
+    assert [p.name for p in tmp_path.iterdir()] == []
+
+
+@pytest.mark.parametrize("damage, match", [
+    (lambda t: t.__setitem__(EMB, np.where(np.arange(t[EMB].size).reshape(t[EMB].shape) == 7, np.nan, t[EMB]).astype(np.float32)),
+     "word_embeddings: non-finite value nan at index \\(0, 7\\)"),
+    (lambda t: t.pop("bert/pooler/dense/bias"), "missing tensor.*pooler/dense/bias"),
+    (lambda t: t.__setitem__("bert/pooler/dense/bias", np.zeros(3, np.float32)), "pooler/dense/bias: shape"),
+    (lambda t: t.__setitem__(EMB, t[EMB].astype(np.float64)), "word_embeddings: dtype float64"),
+    (lambda t: t.__setitem__("bert/extra", np.zeros(3, np.float32)), "unexpected tensor.*bert/extra"),
+    (lambda t: t.pop("cls/predictions/output_bias"), "incomplete mlm head"),
+])
+def test_writer_refuses_bad_models_and_leaves_nothing(tmp_path, model, damage, match):
+    tensors = dict(model.tensors)
+    damage(tensors)
+    with pytest.raises(ModelFileError, match=match):
+        write_model(tmp_path / "out.h5", ModelFile(model.config, tensors, model.spm_model))
+    _no_leftovers(tmp_path)
+
+
+def test_interrupted_write_leaves_nothing(tmp_path, model, monkeypatch):
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(KeyboardInterrupt):
+        write_model(tmp_path / "out.h5", model)
+    _no_leftovers(tmp_path)
+
+
+def _edit(path, fn):
+    with h5py.File(path, "r+") as f:
+        fn(f)
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda f: f.attrs.__setitem__("format_version", 99), "format_version 99"),
+    (lambda f: f.attrs.__setitem__("format", "something-else"), "not an albert-ref model"),
+    (lambda f: f.attrs.__delitem__("config"), "missing attribute.*config"),
+    (lambda f: f.attrs.__setitem__("config", "{"), "config is not valid JSON"),
+    (lambda f: f.attrs.__setitem__("config", json.dumps({**json.loads(f.attrs["config"]), "hidden_size": 20})),
+     "shape"),
+    (lambda f: f.create_dataset("extra", data=[1]), "unexpected object.*extra"),
+    (lambda f: f["weights/" + EMB].attrs.__setitem__("sha256", "0" * 64), "word_embeddings: SHA-256 mismatch"),
+    (lambda f: f.__setitem__("weights/link", h5py.SoftLink("/weights/bert")), "SoftLink"),
+    (lambda f: f.__setitem__("weights/ext", h5py.ExternalLink("other.h5", "/x")), "ExternalLink"),
+    (lambda f: f["weights/bert/pooler/dense/bias"].__setitem__(0, np.nan), "SHA-256 mismatch"),
+    (lambda f: f["tokenizer/sentencepiece"].__setitem__(0, 0), "tokenizer/sentencepiece: SHA-256 mismatch"),
+])
+def test_reader_names_what_is_wrong(good_file, edit, match):
+    _edit(good_file, edit)
+    with pytest.raises(ModelFileError, match=match):
+        read_model(good_file)
+
+
+def _replace_dataset(f, name, **kwargs):
+    data = f[name][()]
+    digest = f[name].attrs["sha256"]
+    del f[name]
+    f.create_dataset(name, data=data, **kwargs).attrs["sha256"] = digest
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(compression="gzip"), "chunked or compressed"),
+    (dict(chunks=(4,)), "chunked or compressed"),
+])
+def test_reader_refuses_non_contiguous_storage(good_file, kwargs, match):
+    _edit(good_file, lambda f: _replace_dataset(f, "weights/bert/pooler/dense/bias", **kwargs))
+    with pytest.raises(ModelFileError, match=match):
+        read_model(good_file)
+
+
+def test_reader_refuses_external_storage(good_file, tmp_path):
+    raw = tmp_path / "raw.bin"
+    raw.write_bytes(np.zeros(16, "<f4").tobytes())
+
+    def make_external(f):
+        del f["weights/bert/pooler/dense/bias"]
+        f.create_dataset("weights/bert/pooler/dense/bias", shape=(16,), dtype="<f4", external=[(str(raw), 0, 64)])
+    _edit(good_file, make_external)
+    with pytest.raises(ModelFileError, match="external storage"):
+        read_model(good_file)
+
+
+def test_nan_hidden_behind_a_matching_checksum_is_refused(good_file):
+    def poison(f):
+        ds = f["weights/bert/pooler/dense/bias"]
+        data = ds[()]
+        data[1] = np.inf
+        ds[...] = data
+        ds.attrs["sha256"] = sha256(data)
+    _edit(good_file, poison)
+    with pytest.raises(ModelFileError, match="pooler/dense/bias: non-finite value inf at index \\(1,\\)"):
+        read_model(good_file)
+
+
+def test_truncated_file(good_file):
+    data = good_file.read_bytes()
+    for cut in (len(data) // 2, 100):
+        good_file.write_bytes(data[:cut])
+        with pytest.raises(ModelFileError):
+            read_model(good_file)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ModelFileError, match="no such model file"):
+        read_model(tmp_path / "nope.h5")
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(pos=st.floats(0.0, 1.0), bit=st.integers(0, 7))
+def test_any_bit_flip_is_detected_or_harmless(good_file, model, pos, bit):
+    """A flipped bit anywhere either raises ModelFileError or leaves every tensor intact
+    (it hit padding or unused metadata); it never yields different weights."""
+    data = bytearray(good_file.read_bytes())
+    i = int(pos * (len(data) - 1))
+    data[i] ^= 1 << bit
+    flipped = good_file.with_name("flipped.h5")
+    flipped.write_bytes(bytes(data))
+    try:
+        back = read_model(flipped)
+    except ModelFileError:
+        return
+    for name, array in model.tensors.items():
+        assert np.array_equal(back.tensors[name].view(np.uint32), array.view(np.uint32))
+    assert back.spm_model == model.spm_model
