@@ -7,19 +7,33 @@ import tempfile
 from pathlib import Path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
-def atomic_output(path, mode="wb"):
-    """Yield a file object for a temporary file beside `path`; rename it into place on
-    success, delete it on any failure (including KeyboardInterrupt)."""
+def atomic_path(path):
+    """Yield a temporary path beside `path`; on success it is fsynced and renamed to
+    `path` with ordinary permissions, on any failure (KeyboardInterrupt included) deleted."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, mode) as fh:
-            yield fh
-            fh.flush()
+        yield Path(tmp)
+        with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_output(path, mode="wb"):
+    """Like atomic_path, but yield an open file object."""
+    with atomic_path(path) as tmp, open(tmp, mode) as fh:
+        yield fh

@@ -74,7 +74,7 @@ def test_writer_refuses_bad_models_and_leaves_nothing(tmp_path, model, damage, m
 def test_interrupted_write_leaves_nothing(tmp_path, model, monkeypatch):
     def boom(*a, **k):
         raise KeyboardInterrupt
-    monkeypatch.setattr(os, "replace", boom)
+    monkeypatch.setattr(os, "replace", boom)  # the last step of an atomic write
     with pytest.raises(KeyboardInterrupt):
         write_model(tmp_path / "out.h5", model)
     _no_leftovers(tmp_path)

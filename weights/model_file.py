@@ -5,17 +5,15 @@ file renamed into place, so a failure never leaves a partial model behind.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from albert_ref.atomic import atomic_path
 from albert_ref.config import AlbertConfig
 from albert_ref.errors import ConfigError, ModelFileError
 from albert_ref.weights.names import encoder_shapes, head_shapes
@@ -87,31 +85,21 @@ def write_model(path, model: ModelFile) -> None:
     """Validate `model` and write it to `path` atomically."""
     path = Path(path)
     check_tensors(model.config, model.tensors)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["format"] = FORMAT_NAME
-            f.attrs["format_version"] = FORMAT_VERSION
-            f.attrs["config"] = model.config.to_json()
-            f.attrs["provenance"] = json.dumps(model.provenance, sort_keys=True)
-            weights = f.create_group("weights")
-            for name in sorted(model.tensors):
-                array = np.ascontiguousarray(model.tensors[name], dtype="<f4")
-                ds = weights.create_dataset(name, data=array)
-                ds.attrs["sha256"] = sha256(array)
-            if model.spm_model is not None:
-                tok = f.create_group("tokenizer")
-                ds = tok.create_dataset("sentencepiece", data=np.frombuffer(model.spm_model, dtype=np.uint8))
-                ds.attrs["sha256"] = sha256(model.spm_model)
-                tok.attrs["options"] = json.dumps(model.tokenizer_options, sort_keys=True)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs["format"] = FORMAT_NAME
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["config"] = model.config.to_json()
+        f.attrs["provenance"] = json.dumps(model.provenance, sort_keys=True)
+        weights = f.create_group("weights")
+        for name in sorted(model.tensors):
+            array = np.ascontiguousarray(model.tensors[name], dtype="<f4")
+            ds = weights.create_dataset(name, data=array)
+            ds.attrs["sha256"] = sha256(array)
+        if model.spm_model is not None:
+            tok = f.create_group("tokenizer")
+            ds = tok.create_dataset("sentencepiece", data=np.frombuffer(model.spm_model, dtype=np.uint8))
+            ds.attrs["sha256"] = sha256(model.spm_model)
+            tok.attrs["options"] = json.dumps(model.tokenizer_options, sort_keys=True)
 
 
 def read_model(path, verify: bool = True) -> ModelFile:

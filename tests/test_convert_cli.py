@@ -1,0 +1,137 @@
+"""`albert-ref convert | run | tokenize | info | verify` as a user runs them, and failed
+conversions that must leave nothing behind."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from albert_ref.cli import main
+from albert_ref.model import load
+
+FIXTURES = Path(__file__).parent / "fixtures" / "tf"
+HUB = FIXTURES / "hub_module"
+
+
+def cli(*args):
+    """Run the installed console script, as a user would."""
+    exe = shutil.which("albert-ref") or pytest.fail("albert-ref console script is not installed")
+    return subprocess.run([exe, *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def hub_h5(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "hub.h5"
+    r = cli("convert", HUB, out)
+    assert r.returncode == 0, r.stderr
+    assert "tf_hub_module" in r.stdout and "tokenizer: yes" in r.stdout
+    return out
+
+
+def test_run_writes_the_tokens_signature(hub_h5, tmp_path):
+    with np.load(HUB / "inputs.npz") as f:
+        np.savez(tmp_path / "in.npz", **f)
+        ids, mask, segs = f["input_ids"], f["input_mask"], f["segment_ids"]
+    r = cli("run", hub_h5, "--inputs", tmp_path / "in.npz", "--output", tmp_path / "out.npz",
+            "--backend", "numpy", "--dtype", "float64")
+    assert r.returncode == 0, r.stderr
+    with np.load(tmp_path / "out.npz") as out, np.load(HUB / "expected.npz") as exp:
+        real = mask.astype(bool)
+        np.testing.assert_allclose(out["sequence_output"][real], exp["sequence_output_f64"][real], atol=1e-9, rtol=0)
+        np.testing.assert_allclose(out["pooled_output"], exp["pooled_output_f64"], atol=1e-9, rtol=0)
+
+
+def test_run_bad_inputs_leave_no_output(hub_h5, tmp_path):
+    with np.load(HUB / "inputs.npz") as f:
+        np.savez(tmp_path / "in.npz", input_ids=f["input_ids"] + 10**6, input_mask=f["input_mask"])
+    r = cli("run", hub_h5, "--inputs", tmp_path / "in.npz", "--output", tmp_path / "out.npz", "--backend", "numpy")
+    assert r.returncode == 1 and "input_ids[0, 0]" in r.stderr and "vocab_size" in r.stderr
+    assert not (tmp_path / "out.npz").exists()
+    np.savez(tmp_path / "empty.npz", nothing=np.zeros(1))
+    r = cli("run", hub_h5, "--inputs", tmp_path / "empty.npz", "--output", tmp_path / "out.npz", "--backend", "numpy")
+    assert r.returncode == 1 and "no input_ids" in r.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["in.npz", "empty.npz"] or not (tmp_path / "out.npz").exists()
+
+
+def test_tokenize_json(hub_h5):
+    r = cli("tokenize", hub_h5, "Hello, world", "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["pieces"][0] == "[CLS]" and doc["pieces"][-1] == "[SEP]"
+    assert doc["input_ids"][0] == 2 and doc["input_ids"][-1] == 3
+    assert len(doc["pieces"]) == len(doc["input_ids"]) == len(doc["segment_ids"])
+    r = cli("tokenize", hub_h5, "first", "second", "--pair", "--json")
+    doc = json.loads(r.stdout)
+    assert doc["input_ids"].count(3) == 2 and doc["segment_ids"][-1] == 1
+
+
+def test_info_and_verify(hub_h5):
+    r = cli("info", hub_h5, "--json")
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info["provenance"]["source_format"] == "tf_hub_module"
+    assert info["tokenizer"]["flavour"] == "original"
+    r = cli("verify", hub_h5)
+    assert r.returncode == 0 and "OK" in r.stdout
+
+
+def test_verify_detects_corruption(hub_h5, tmp_path):
+    bad = tmp_path / "bad.h5"
+    data = bytearray(hub_h5.read_bytes())
+    # Flip a byte inside the largest tensor's data (word embeddings sit well past the metadata).
+    with __import__("h5py").File(hub_h5) as f:
+        offset = f["weights/bert/embeddings/word_embeddings"].id.get_offset()
+    data[offset + 10] ^= 0x40
+    bad.write_bytes(bytes(data))
+    r = cli("verify", bad)
+    assert r.returncode == 1 and "word_embeddings: SHA-256 mismatch" in r.stderr
+
+
+def _corrupt_copy(tmp_path, damage):
+    src = tmp_path / "src"
+    shutil.copytree(HUB, src)
+    damage(src)
+    return src
+
+
+@pytest.mark.parametrize("damage, match", [
+    (lambda d: (d / "variables" / "variables.index").write_bytes((d / "variables" / "variables.index").read_bytes()[:-20]),
+     "variables.index"),
+    (lambda d: (d / "assets" / "albert_config.json").unlink(), "albert_config.json"),
+    (lambda d: (d / "assets" / "albert_config.json").write_text('{"hidden_size": 7}'), "missing required field"),
+    (lambda d: (d / "assets" / "albert_config.json").write_text(
+        json.dumps({**json.loads((HUB / "assets" / "albert_config.json").read_text()), "num_attention_heads": 1,
+                    "hidden_size": 8})), "shape"),
+])
+def test_failed_conversion_leaves_no_file(tmp_path, damage, match):
+    src = _corrupt_copy(tmp_path, damage)
+    out = tmp_path / "out" / "model.h5"
+    out.parent.mkdir()
+    assert main(["convert", str(src), str(out)]) == 1
+    assert list(out.parent.iterdir()) == []
+
+
+def test_failed_conversion_message(tmp_path, capsys):
+    src = _corrupt_copy(tmp_path, lambda d: (d / "assets" / "albert_config.json").unlink())
+    main(["convert", str(src), str(tmp_path / "m.h5")])
+    assert "no albert_config.json" in capsys.readouterr().err
+
+
+def test_truncated_hub_archive(tmp_path):
+    import tarfile
+    archive = tmp_path / "m.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(HUB / "variables", arcname="variables")
+        tar.add(HUB / "assets", arcname="assets")
+    archive.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    assert main(["convert", str(archive), str(tmp_path / "m.h5")]) == 1
+    assert not (tmp_path / "m.h5").exists()
+
+
+def test_unknown_source(tmp_path, capsys):
+    assert main(["convert", str(tmp_path / "nothing"), str(tmp_path / "m.h5")]) == 1
+    assert "no such checkpoint" in capsys.readouterr().err
