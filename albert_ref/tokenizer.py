@@ -1,0 +1,251 @@
+"""Text -> ALBERT inputs: preprocessing, sentencepiece pieces, ids, [CLS]/[SEP] layout.
+
+Two flavours, each reproducing its source exactly:
+
+- "original" (default): google-research/albert `tokenization.preprocess_text` followed
+  by `encode_pieces`, as `classifier_utils` feeds `FullTokenizer.tokenize`.
+- "huggingface": transformers' slow `AlbertTokenizer.tokenize`, which also turns ``
+  and '' into '"', can keep accents, and never splits its special-token strings.
+
+Truncation, layout and padding follow the original `convert_single_example`.
+"""
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import sentencepiece as spm
+
+from .errors import InputError, TokenizerError
+
+FLAVOURS = ("original", "huggingface")
+CLS, SEP = "[CLS]", "[SEP]"
+_UNDERLINE = "\u2581"  # sentencepiece's word-start marker
+
+# The special tokens of Hugging Face's AlbertTokenizer. Its tokenize() neither
+# lower-cases them nor splits them into pieces, wherever they occur in the text.
+_HF_SPECIALS = ("[CLS]", "[SEP]", "<unk>", "<pad>", "[MASK]")
+_HF_SPECIALS_RE = "|".join(map(re.escape, _HF_SPECIALS))
+_HF_LOWER = re.compile(f"({_HF_SPECIALS_RE})|(.)", re.DOTALL)
+_HF_SPLIT = re.compile(f"({_HF_SPECIALS_RE})")
+_HF_LSTRIP = "[MASK]"  # AddedToken(lstrip=True): it eats the whitespace before it
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """One encoded text or text pair, unpadded."""
+
+    pieces: list  # including [CLS] and [SEP]
+    input_ids: list
+    segment_ids: list
+    truncated: int  # word pieces dropped to fit max_seq_length
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Encoded texts padded with zeros (id, mask and segment) as run_classifier pads."""
+
+    input_ids: np.ndarray  # int32 [n, L]
+    input_mask: np.ndarray  # int32 [n, L], 1 at real tokens
+    segment_ids: np.ndarray  # int32 [n, L]
+    truncated: list  # per text
+    lengths: list  # per text, tokens before padding
+
+
+class Tokenizer:
+    """ALBERT tokenizer over a serialized sentencepiece model."""
+
+    def __init__(self, spm_model, *, do_lower_case=True, flavour="original",
+                 keep_accents=False, remove_space=True):
+        if flavour not in FLAVOURS:
+            raise InputError(f"flavour must be one of {FLAVOURS}, not {flavour!r}")
+        if keep_accents and flavour == "original":
+            raise InputError("keep_accents exists only in the 'huggingface' flavour; "
+                             "the original always strips accents")
+        if not isinstance(spm_model, (bytes, bytearray, memoryview)):
+            raise InputError(f"spm_model must be the serialized model as bytes, "
+                             f"not {type(spm_model).__name__}")
+        self.spm_model = bytes(spm_model)
+        if not self.spm_model:
+            raise TokenizerError("sentencepiece model is empty (0 bytes)")
+        try:
+            self._sp = spm.SentencePieceProcessor(model_proto=self.spm_model)
+        except RuntimeError as e:
+            raise TokenizerError(f"corrupt sentencepiece model "
+                                 f"({len(self.spm_model)} bytes): {e}") from e
+        self.vocab_size = self._sp.GetPieceSize()
+        self.flavour = flavour
+        self.do_lower_case = bool(do_lower_case)
+        self.keep_accents = bool(keep_accents)
+        self.remove_space = bool(remove_space)
+        self.cls_id = self._special_id(CLS)
+        self.sep_id = self._special_id(SEP)
+
+    @classmethod
+    def from_file(cls, path, **options):
+        """Tokenizer from a .model file (e.g. a TF-Hub module's assets/30k-clean.model)."""
+        try:
+            data = Path(path).read_bytes()
+        except OSError as e:
+            raise TokenizerError(f"cannot read sentencepiece model {path}: {e.strerror}") from e
+        try:
+            return cls(data, **options)
+        except TokenizerError as e:
+            raise TokenizerError(f"{path}: {e}") from e
+
+    def _special_id(self, piece):
+        id_ = self._sp.PieceToId(piece)
+        if self._sp.IdToPiece(id_) != piece:
+            raise TokenizerError(f"sentencepiece model has no {piece} piece "
+                                 "(ALBERT's 30k-clean.model has [CLS]=2, [SEP]=3)")
+        return id_
+
+    def preprocess(self, text):
+        """The flavour's preprocess_text: what sentencepiece is given to encode."""
+        text = _as_text(text, "text")
+        if self.remove_space:
+            text = " ".join(text.strip().split())
+        if self.flavour == "huggingface":
+            text = text.replace("``", '"').replace("''", '"')
+        if not self.keep_accents:
+            text = "".join(c for c in unicodedata.normalize("NFKD", text)
+                           if not unicodedata.combining(c))
+        if self.do_lower_case:
+            text = text.lower()
+        return text
+
+    def tokenize(self, text):
+        """Word pieces of one text, without [CLS]/[SEP]."""
+        text = _as_text(text, "text")
+        if self.flavour == "original":
+            return self._encode_pieces(self.preprocess(text))
+        # PreTrainedTokenizer.tokenize: lower-case char by char (so a final capital
+        # sigma becomes "σ", not "ς") sparing special tokens, then split them out
+        # and run _tokenize (preprocess + encode_pieces) on each stretch between.
+        if self.do_lower_case:
+            text = _HF_LOWER.sub(lambda m: m.group(1) or m.group(2).lower(), text)
+        parts = _HF_SPLIT.split(text)  # text, special, text, ..., text
+        for i in range(1, len(parts), 2):
+            if parts[i] == _HF_LSTRIP:
+                parts[i - 1] = parts[i - 1].rstrip()
+        pieces = []
+        for i, part in enumerate(parts):
+            if i % 2:
+                pieces.append(part)
+            elif part:
+                pieces += self._encode_pieces(self.preprocess(part))
+        return pieces
+
+    def _encode_pieces(self, text):
+        """sentencepiece pieces, with a piece such as "▁1999," split into "▁1999" ","."""
+        pieces = []
+        for piece in self._sp.EncodeAsPieces(text):
+            if len(piece) > 1 and piece[-1] == "," and piece[-2].isdigit():
+                sub = self._sp.EncodeAsPieces(piece[:-1].replace(_UNDERLINE, ""))
+                # Re-encoding gives a word-internal piece like "0," a leading "▁".
+                # Hugging Face removes it. The original means to, but tests
+                # `cur_pieces[0][0] == SPIECE_UNDERLINE` against the bytes
+                # b"\xe2\x96\x81", which no str or bytes item ever equals, so it keeps it.
+                if (self.flavour == "huggingface" and piece[0] != _UNDERLINE
+                        and sub[0][0] == _UNDERLINE):
+                    sub = sub[1:] if len(sub[0]) == 1 else [sub[0][1:]] + sub[1:]
+                pieces += sub
+                pieces.append(",")
+            else:
+                pieces.append(piece)
+        return pieces
+
+    def convert_tokens_to_ids(self, pieces):
+        """Ids of pieces; a piece not in the vocabulary gets <unk>'s id."""
+        for piece in pieces:
+            if not isinstance(piece, str):
+                raise InputError(f"pieces must be str, not {type(piece).__name__}")
+        return [self._sp.PieceToId(piece) for piece in pieces]
+
+    def encode(self, text_a, text_b=None, *, max_seq_length=512):
+        """`[CLS] A [SEP]` or `[CLS] A [SEP] B [SEP]`, truncated like run_classifier."""
+        return self._encode(text_a, text_b, max_seq_length, "text_a", "text_b")
+
+    def _encode(self, text_a, text_b, max_seq_length, name_a, name_b):
+        pair = text_b is not None
+        _check_int(max_seq_length, "max_seq_length", 3 if pair else 2)
+        a = self.tokenize(_as_text(text_a, name_a))
+        b = self.tokenize(_as_text(text_b, name_b)) if pair else []
+        total = len(a) + len(b)
+        # The original lays out a pair only when B has pieces (`if tokens_b:`);
+        # Hugging Face's build_inputs_with_special_tokens whenever B is given.
+        if b or (pair and self.flavour == "huggingface"):
+            _truncate_seq_pair(a, b, max_seq_length - 3)
+            pieces = [CLS, *a, SEP, *b, SEP]
+            segment_ids = [0] * (len(a) + 2) + [1] * (len(b) + 1)
+        else:
+            del a[max_seq_length - 2:]
+            pieces = [CLS, *a, SEP]
+            segment_ids = [0] * len(pieces)
+        return Encoding(pieces=pieces, input_ids=self.convert_tokens_to_ids(pieces),
+                        segment_ids=segment_ids, truncated=total - len(a) - len(b))
+
+    def encode_batch(self, texts, *, max_seq_length=512, pad_to=None):
+        """Encode texts (str, bytes or (text_a, text_b) pairs), zero-padded to one length."""
+        if isinstance(texts, (str, bytes)):
+            raise InputError("texts must be a sequence of texts or pairs, not one text")
+        encodings = []
+        for i, item in enumerate(texts):
+            name = f"texts[{i}]"
+            if isinstance(item, (tuple, list)):
+                if len(item) != 2:
+                    raise InputError(f"{name} must be a text or a (text_a, text_b) pair, "
+                                     f"not a sequence of {len(item)}")
+                encodings.append(self._encode(*item, max_seq_length, name + "[0]", name + "[1]"))
+            else:
+                encodings.append(self._encode(item, None, max_seq_length, name, None))
+        lengths = [len(e.input_ids) for e in encodings]
+        width = max(lengths, default=0)
+        if pad_to is not None:
+            _check_int(pad_to, "pad_to", 0)
+            if pad_to < width:
+                raise InputError(f"pad_to is {pad_to}, shorter than the longest "
+                                 f"encoded text ({width} tokens)")
+            width = pad_to
+        input_ids = np.zeros((len(encodings), width), np.int32)
+        input_mask = np.zeros_like(input_ids)
+        segment_ids = np.zeros_like(input_ids)
+        for row, (enc, n) in enumerate(zip(encodings, lengths)):
+            input_ids[row, :n] = enc.input_ids
+            input_mask[row, :n] = 1
+            segment_ids[row, :n] = enc.segment_ids
+        return Batch(input_ids=input_ids, input_mask=input_mask, segment_ids=segment_ids,
+                     truncated=[e.truncated for e in encodings], lengths=lengths)
+
+
+def _truncate_seq_pair(tokens_a, tokens_b, max_length):
+    """run_classifier's longest-first truncation: pop from A if longer, else from B."""
+    while len(tokens_a) + len(tokens_b) > max_length:
+        (tokens_a if len(tokens_a) > len(tokens_b) else tokens_b).pop()
+
+
+def _as_text(text, name):
+    """str as is; bytes decoded as strict UTF-8."""
+    if isinstance(text, str):
+        try:
+            text.encode("utf-8")  # sentencepiece takes UTF-8; lone surrogates have none
+        except UnicodeEncodeError as e:
+            raise TokenizerError(f"{name} has a lone surrogate U+{ord(text[e.start]):04X} "
+                                 f"at index {e.start}, which UTF-8 cannot encode") from e
+        return text
+    if isinstance(text, bytes):
+        try:
+            return text.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise TokenizerError(f"{name} is not valid UTF-8: byte 0x{text[e.start]:02x} "
+                                 f"at offset {e.start} ({e.reason})") from e
+    raise InputError(f"{name} must be str or bytes, not {type(text).__name__}")
+
+
+def _check_int(value, name, minimum):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise InputError(f"{name} must be an int, not {type(value).__name__}")
+    if value < minimum:
+        raise InputError(f"{name} is {value}, must be at least {minimum}")
