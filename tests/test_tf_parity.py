@@ -87,3 +87,19 @@ def test_hub_module_archive_converts_like_the_directory(tmp_path):
     assert a.digest == b.digest
     assert a.spm_model is not None and a.tokenizer_options["flavour"] == "original"
     assert read_model(tmp_path / "tar.h5").provenance["sources"][archive.name]
+
+
+def test_module_tokenizer_reproduces_the_fixture_ids(tmp_path):
+    """The fixture's ids were made from its texts by sentencepiece and run_classifier's
+    [CLS] A [SEP] B [SEP] layout with longest-first truncation; the tokenizer carried in
+    the converted file gives the same ids."""
+    out = tmp_path / "hub.h5"
+    convert(FIXTURES / "hub_module", out)
+    model = load(out, backend="numpy")
+    with np.load(FIXTURES / "hub_module" / "inputs.npz") as f:
+        pairs = list(zip(f["text_a"].tolist(), f["text_b"].tolist()))
+        expected = (f["input_ids"], f["input_mask"], f["segment_ids"])
+    seq = expected[0].shape[1]
+    batch = model.tokenizer.encode_batch(pairs, max_seq_length=seq, pad_to=seq)
+    for got, want in zip((batch.input_ids, batch.input_mask, batch.segment_ids), expected):
+        assert np.array_equal(got, want)
