@@ -12,7 +12,7 @@ import numba
 import numpy as np
 
 
-@numba.vectorize(["float64(float64)", "float32(float32)"], cache=True)
+@numba.vectorize(["float32(float32)", "float64(float64)"], cache=True)
 def _erf(x):
     # NumPy has no erf; libm's via Numba keeps the numpy path free of SciPy.
     return math.erf(x)
