@@ -81,7 +81,8 @@ def _from_huggingface(src: Path) -> ModelFile:
     hf = read_huggingface(src)
     options = {"flavour": "huggingface", **hf.tokenizer_options}
     return ModelFile(hf.config, hf.tensors, hf.spm_model, options,
-                     {"source_format": "huggingface", "sources": hf.sources, "converter": converter_version()})
+                     {"source_format": "huggingface", "sources": hf.sources, "converter": converter_version(),
+                      "notes": list(hf.notes)})
 
 
 def _from_tf(src: Path, kind: str, config_path, spm_path, do_lower_case, archive: Path | None = None) -> ModelFile:
