@@ -135,3 +135,41 @@ def test_truncated_hub_archive(tmp_path):
 def test_unknown_source(tmp_path, capsys):
     assert main(["convert", str(tmp_path / "nothing"), str(tmp_path / "m.h5")]) == 1
     assert "no such checkpoint" in capsys.readouterr().err
+
+
+def _tiny_hf_dir(path, poison=None, safe=True):
+    from peers import require_peers
+    torch, transformers = require_peers()
+    cfg = transformers.AlbertConfig(vocab_size=30, embedding_size=8, hidden_size=8, num_hidden_layers=1,
+                                    num_attention_heads=2, intermediate_size=16, max_position_embeddings=16)
+    model = transformers.AlbertModel(cfg)
+    if poison:
+        with torch.no_grad():
+            poison(model)
+    model.save_pretrained(path, safe_serialization=safe)
+    return path
+
+
+def test_nan_weight_in_source_leaves_no_file(tmp_path, capsys):
+    src = _tiny_hf_dir(tmp_path / "hf", poison=lambda m: m.pooler.weight.__setitem__((0, 3), float("nan")))
+    out = tmp_path / "out"
+    out.mkdir()
+    assert main(["convert", str(src), str(out / "m.h5")]) == 1
+    assert "bert/pooler/dense/kernel: non-finite value nan at index (3, 0)" in capsys.readouterr().err
+    assert list(out.iterdir()) == []
+
+
+def test_pickle_that_runs_code_leaves_no_file(tmp_path, capsys):
+    import pickle
+    src = _tiny_hf_dir(tmp_path / "hf", safe=False)
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+    (src / "pytorch_model.bin").write_bytes(pickle.dumps({"x": Evil()}))
+    out = tmp_path / "out"
+    out.mkdir()
+    assert main(["convert", str(src), str(out / "m.h5")]) == 1
+    assert "system" in capsys.readouterr().err
+    assert not marker.exists() and list(out.iterdir()) == []
