@@ -105,7 +105,7 @@ def _cmd_verify(args):
           f"{' and the tokenizer' if m.spm_model else ''} match their SHA-256; digest {m.digest}")
 
 
-def _add_backend_options(p):
+def add_backend_options(p):
     p.add_argument("--backend", default="cpu", choices=("cpu", "reference", "numpy"))
     p.add_argument("--dtype", default=None, choices=("float32", "float64"),
                    help="numpy backend only (default float64); kernel backends are float32")
@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help=".npz to receive sequence_output and pooled_output")
     p.add_argument("--hidden-states", action="store_true", help="also write every layer's output")
     p.add_argument("--heads", nargs="*", default=[], choices=("mlm", "sop"), help="also write pretraining heads' logits")
-    _add_backend_options(p)
+    add_backend_options(p)
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("tokenize", help="show the pieces and ids of texts")
@@ -140,6 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-seq-length", type=int, default=None)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_tokenize)
+
+    from albert_ref.embed import add_embed_parser
+    from albert_ref.testing.cli import add_testing_parsers
+    add_embed_parser(sub)
+    add_testing_parsers(sub)
 
     p = sub.add_parser("info", help="describe a model file")
     p.add_argument("model")

@@ -60,6 +60,11 @@ class Model:
     def heads(self) -> tuple[str, ...]:
         return self.file.heads
 
+    def encoder(self):
+        """An Encoder (text in, vectors out) over this loaded model."""
+        from albert_ref.encoder import Encoder
+        return Encoder(self)
+
     @property
     def num_parameters(self) -> int:
         return sum(int(np.prod(s)) for s in encoder_shapes(self.config).values())

@@ -187,7 +187,7 @@ def _read_shards(index_path: Path, read, sources: dict[str, str]) -> dict[str, n
 
 # -- names, layouts, checks -------------------------------------------------------------------
 
-def _name_table(config: AlbertConfig) -> dict[str, tuple[str, bool]]:
+def name_table(config: AlbertConfig) -> dict[str, tuple[str, bool]]:
     """Hugging Face name (without `albert.`) -> (TF name, transpose?) for this config."""
     modules = {
         "embeddings.LayerNorm": (EMB + "LayerNorm/", _LAYER_NORM),
@@ -236,7 +236,7 @@ def _identical(a: np.ndarray, b: np.ndarray) -> bool:
 def _map_tensors(state: dict[str, np.ndarray], config: AlbertConfig,
                  where: str) -> tuple[dict[str, np.ndarray], list[str]]:
     """TF-named float32 tensors in names.py order, and notes on what was skipped."""
-    table = _name_table(config)
+    table = name_table(config)
     expected = encoder_shapes(config)
     heads = head_shapes(config)
     for head in heads.values():

@@ -1,0 +1,164 @@
+"""The texts of an `albert-ref embed` run: from arguments, stdin, .txt, .jsonl, .csv or .tsv.
+
+Inputs are read, decoded and checked whole before anything is computed, so that a bad
+input (unreadable, undecodable, a missing field or column, nothing to embed) fails with
+a message naming the file and line, and nothing gets written.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from albert_ref.errors import InputError
+
+INPUT_FORMATS = ("txt", "jsonl", "csv", "tsv")
+_SUFFIXES = {".txt": "txt", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv"}
+STDIN = "-"
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What to embed: texts (str or (text_a, text_b)) and the input row each came from
+    (0-based: the line of a .txt/.jsonl/stdin, the data row of a .csv/.tsv, the position
+    among the TEXT arguments or their pairs)."""
+
+    texts: list
+    ids: np.ndarray  # int64
+    source: str
+    skipped: int = 0  # blank lines
+
+
+def from_arguments(texts: list[str], pair: bool) -> Inputs:
+    if pair:
+        if len(texts) % 2:
+            raise InputError(f"--pair needs an even number of TEXT arguments (A B A B ...), got {len(texts)}")
+        texts = list(zip(texts[0::2], texts[1::2]))
+    return _inputs(list(texts), range(len(texts)), "the arguments")
+
+
+def from_file(path: str, fmt: str | None, fields: list[str] | None, pair: bool) -> Inputs:
+    """Read `path` ("-" for stdin) as `fmt`, or as its suffix says."""
+    name = "<stdin>" if path == STDIN else path
+    data = _read_bytes(path, name)
+    fmt = fmt or ("txt" if path == STDIN else _SUFFIXES.get(Path(path).suffix.lower()))
+    if fmt is None:
+        raise InputError(f"{name}: unknown input format; name it .txt, .jsonl, .csv or .tsv, "
+                         f"or say --input-format {'|'.join(INPUT_FORMATS)}")
+    text = _decode(data, name)
+    if fmt == "txt":
+        if fields:
+            raise InputError(f"--field applies to .jsonl, .csv and .tsv inputs, not to {name} (plain lines)")
+        return _lines(text, name, pair)
+    fields = fields or ["text"]
+    if len(fields) > 2:
+        raise InputError(f"--field names one text field, or two for pairs; got {len(fields)}")
+    if pair and len(fields) != 2:
+        raise InputError(f"--pair with {fmt} input needs two fields: --field A --field B")
+    if fmt == "jsonl":
+        return _jsonl(text, name, fields)
+    return _table(text, name, fields, "\t" if fmt == "tsv" else ",")
+
+
+def _read_bytes(path: str, name: str) -> bytes:
+    if path == STDIN:
+        return sys.stdin.buffer.read()
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read {name}: {exc.strerror or exc}") from None
+
+
+def _decode(data: bytes, name: str) -> str:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        line_start = data.rfind(b"\n", 0, exc.start) + 1
+        raise InputError(f"{name}:{line}: not valid UTF-8 (byte "
+                         f"0x{data[exc.start]:02x} at column {exc.start - line_start + 1}); "
+                         f"albert-ref reads UTF-8 text") from None
+    return text.removeprefix("\ufeff")  # a byte-order mark, as Windows tools write
+
+
+def _inputs(texts, ids, source, skipped=0) -> Inputs:
+    if not texts:
+        blank = f" (only {skipped} blank line{'s' * (skipped != 1)})" if skipped else ""
+        raise InputError(f"{source}: no texts to embed{blank}")
+    return Inputs(texts, np.asarray(ids, dtype=np.int64), source, skipped)
+
+
+def _numbered_lines(text: str):
+    """(0-based line number, line) for the non-blank lines, and how many were blank."""
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()  # the final newline ends the last line, it does not start a new one
+    kept = [(i, line.removesuffix("\r")) for i, line in enumerate(lines) if line.strip()]
+    return kept, len(lines) - len(kept)
+
+
+def _lines(text: str, name: str, pair: bool) -> Inputs:
+    kept, blank = _numbered_lines(text)
+    texts = []
+    for i, line in kept:
+        if pair:
+            a, tab, b = line.partition("\t")
+            if not tab:
+                raise InputError(f"{name}:{i + 1}: --pair needs each line as TEXT_A<TAB>TEXT_B; this one has no tab")
+            texts.append((a, b))
+        else:
+            texts.append(line)
+    return _inputs(texts, [i for i, _ in kept], name, blank)
+
+
+def _jsonl(text: str, name: str, fields: list[str]) -> Inputs:
+    kept, blank = _numbered_lines(text)
+    texts = []
+    for i, line in kept:
+        where = f"{name}:{i + 1}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        if not isinstance(record, dict):
+            raise InputError(f"{where}: expected a JSON object, got {type(record).__name__}")
+        values = []
+        for field in fields:
+            if field not in record:
+                raise InputError(f"{where}: no field {field!r} (it has: {', '.join(map(repr, record)) or 'none'}); "
+                                 f"choose one with --field")
+            if not isinstance(record[field], str):
+                raise InputError(f"{where}: field {field!r} is {json.dumps(record[field])[:40]}, not a string")
+            values.append(record[field])
+        texts.append(values[0] if len(values) == 1 else tuple(values))
+    return _inputs(texts, [i for i, _ in kept], name, blank)
+
+
+def _table(text: str, name: str, columns: list[str], delimiter: str) -> Inputs:
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        header = next(reader, None)
+        if header is None:
+            raise InputError(f"{name}: empty file, with no header row naming the columns")
+        missing = [c for c in columns if c not in header]
+        if missing:
+            raise InputError(f"{name}: no column {missing[0]!r} in the header (columns: "
+                             f"{', '.join(map(repr, header))}); choose one with --field")
+        where = [header.index(c) for c in columns]
+        texts, ids, blank = [], [], 0
+        for row_number, row in enumerate(reader):
+            if not row:
+                blank += 1
+                continue
+            if len(row) != len(header):
+                raise InputError(f"{name}:{reader.line_num}: {len(row)} fields, but the header has {len(header)}")
+            texts.append(row[where[0]] if len(where) == 1 else tuple(row[k] for k in where))
+            ids.append(row_number)
+    except csv.Error as exc:
+        raise InputError(f"{name}:{reader.line_num}: malformed table: {exc}") from None
+    return _inputs(texts, ids, name, blank)
