@@ -1,0 +1,19 @@
+"""albert-ref as a test oracle for other ALBERT implementations.
+
+    reference(...)        outputs of the float32 bit contract or the float64 reference
+    compare(...)          a Report: errors, ULP distances, where the worst ones are
+    assert_close(...), assert_equal_bits(...)
+    make_golden / check_golden: SHA-256 digests of the contract outputs
+    write_fixtures(...)   every activation as .npy, for ports in other languages
+
+Hypothesis strategies live in albert_ref.testing.strategies (needs the `test` extra);
+the pytest plugin (fixture `albert_oracle`, option `--albert-model`) is registered
+through the pytest11 entry point. Nothing here imports hypothesis or pytest.
+"""
+from albert_ref.testing.compare import Report, assert_close, assert_equal_bits, compare, ulp_distance
+from albert_ref.testing.fixtures import write_fixtures
+from albert_ref.testing.golden import CONTRACT_VERSION, GoldenReport, check_golden, make_golden
+from albert_ref.testing.oracle import Oracle, reference
+
+__all__ = ["CONTRACT_VERSION", "GoldenReport", "Oracle", "Report", "assert_close", "assert_equal_bits",
+           "check_golden", "compare", "make_golden", "reference", "ulp_distance", "write_fixtures"]
