@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from albert_ref.errors import AlbertRefError
+from albert_ref.weights import DEMO_MODEL
 
 
 def _cmd_convert(args):
@@ -70,39 +71,57 @@ def _cmd_tokenize(args):
                 print(f"  ({r['truncated']} pieces truncated)", file=sys.stderr)
 
 
-def _cmd_info(args):
+def _read_checked(path):
+    """The model file and its checksum status: a SHA-256 mismatch is reported, not fatal,
+    so that `info` can still describe a damaged file."""
+    from albert_ref.errors import ModelFileError
     from albert_ref.weights.model_file import read_model
+    try:
+        m = read_model(path, verify=True)
+    except ModelFileError as exc:
+        if "SHA-256 mismatch" not in str(exc):
+            raise
+        return read_model(path, verify=False), f"FAILED: {exc}"
+    return m, f"OK ({len(m.tensors)} tensors{' and the tokenizer' if m.spm_model else ''} match their SHA-256)"
+
+
+def _cmd_info(args):
     from albert_ref.weights.names import encoder_shapes
-    m = read_model(args.model, verify=False)
+    m, checksums = _read_checked(args.model)
     params = sum(int(np.prod(s)) for s in encoder_shapes(m.config).values())
     info = {"file": str(args.model), "config": m.config.to_dict(), "parameters": params,
             "heads": list(m.heads), "tokenizer": None if m.spm_model is None else
             {"bytes": len(m.spm_model), **m.tokenizer_options},
-            "provenance": m.provenance, "digest": m.digest}
+            "provenance": m.provenance, "digest": m.digest, "checksums": checksums}
     if args.json:
         print(json.dumps(info, indent=2))
-        return
-    c = m.config
-    print(f"{args.model}: ALBERT, {params:,} encoder parameters")
-    print(f"  embedding {c.embedding_size}, hidden {c.hidden_size}, {c.num_attention_heads} heads of {c.head_size}, "
-          f"intermediate {c.intermediate_size}, {c.num_hidden_layers} layers over {c.num_hidden_groups} group(s) "
-          f"x {c.inner_group_num} block(s), activation {c.hidden_act}")
-    print(f"  vocab {c.vocab_size}, max positions {c.max_position_embeddings}, token types {c.type_vocab_size}")
-    print(f"  heads: {', '.join(m.heads) or 'none'}")
-    tok = info["tokenizer"]
-    print("  tokenizer: " + ("none (token ids only)" if tok is None else
-                             f"sentencepiece {tok['bytes']:,} bytes, {tok['flavour']} preprocessing, "
-                             f"lower-case {tok['do_lower_case']}"))
-    print(f"  source: {m.provenance.get('source_format', '?')} via {m.provenance.get('converter', '?')}")
-    print(f"  digest: {m.digest}")
-    print("  checksums: not checked (run `albert-ref verify`)")
+    else:
+        c = m.config
+        print(f"{args.model}: ALBERT, {params:,} encoder parameters")
+        print(f"  embedding {c.embedding_size}, hidden {c.hidden_size}, {c.num_attention_heads} heads of {c.head_size}, "
+              f"intermediate {c.intermediate_size}, {c.num_hidden_layers} layers over {c.num_hidden_groups} group(s) "
+              f"x {c.inner_group_num} block(s), activation {c.hidden_act}")
+        print(f"  vocab {c.vocab_size}, max positions {c.max_position_embeddings}, token types {c.type_vocab_size}")
+        print(f"  heads: {', '.join(m.heads) or 'none'}")
+        tok = info["tokenizer"]
+        print("  tokenizer: " + ("none (token ids only)" if tok is None else
+                                 f"sentencepiece {tok['bytes']:,} bytes, {tok['flavour']} preprocessing, "
+                                 f"lower-case {tok['do_lower_case']}"))
+        print("  provenance: " + ", ".join(f"{k} {v if not isinstance(v, dict) else len(v)}"
+                                           + (" source file(s)" if isinstance(v, dict) else "")
+                                           for k, v in sorted(m.provenance.items())))
+        print(f"  digest: {m.digest}")
+        print(f"  checksums: {checksums}")
+    if checksums.startswith("FAILED"):
+        raise SystemExit(1)
 
 
 def _cmd_verify(args):
-    from albert_ref.weights.model_file import read_model
-    m = read_model(args.model, verify=True)
-    print(f"{args.model}: OK: {len(m.tensors)} tensors"
-          f"{' and the tokenizer' if m.spm_model else ''} match their SHA-256; digest {m.digest}")
+    m, checksums = _read_checked(args.model)
+    if checksums.startswith("FAILED"):
+        print(f"albert-ref: error: {args.model}: checksums {checksums}", file=sys.stderr)
+        raise SystemExit(1)
+    print(f"{args.model}: {checksums}; digest {m.digest}")
 
 
 def add_backend_options(p):
@@ -146,13 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_embed_parser(sub)
     add_testing_parsers(sub)
 
-    p = sub.add_parser("info", help="describe a model file")
-    p.add_argument("model")
+    p = sub.add_parser("info", help="describe a model file and check its checksums")
+    p.add_argument("model", nargs="?", default=str(DEMO_MODEL), help="model file (default: the bundled demo model)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_info)
 
     p = sub.add_parser("verify", help="check every tensor's SHA-256")
-    p.add_argument("model")
+    p.add_argument("model", nargs="?", default=str(DEMO_MODEL), help="model file (default: the bundled demo model)")
     p.set_defaults(func=_cmd_verify)
     return parser
 

@@ -77,6 +77,7 @@ def test_info_and_verify(hub_h5):
     assert info["tokenizer"]["flavour"] == "original"
     r = cli("verify", hub_h5)
     assert r.returncode == 0 and "OK" in r.stdout
+    assert info["checksums"].startswith("OK")
 
 
 def test_verify_detects_corruption(hub_h5, tmp_path):
@@ -89,6 +90,8 @@ def test_verify_detects_corruption(hub_h5, tmp_path):
     bad.write_bytes(bytes(data))
     r = cli("verify", bad)
     assert r.returncode == 1 and "word_embeddings: SHA-256 mismatch" in r.stderr
+    r = cli("info", bad)  # still describes the file, but says the checksums failed
+    assert r.returncode == 1 and "hidden 32" in r.stdout and "checksums: FAILED" in r.stdout
 
 
 def _corrupt_copy(tmp_path, damage):
