@@ -1,0 +1,162 @@
+"""The kernel backends: "reference" (plain scalar kernels that define the bits) and "cpu"
+(the fast Numba kernels), both float32 and both bit-exact to NUMERICS.md.
+
+forward.py composes the ops; this class only moves arrays between them. GEMM weights are
+packed into panels once, in `prepare`; nothing is ever copied per layer, so the shared
+layers of ALBERT stay shared.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import numba
+import numpy as np
+
+from albert_ref.forward import MLM_DECODER
+from albert_ref.kernels import attention as _att
+from albert_ref.kernels import embed as _emb
+from albert_ref.kernels import gemm as _gemm
+from albert_ref.kernels import layernorm as _ln
+
+_DENSE_SUFFIXES = ("kernel", "cls/seq_relationship/output_weights_t")
+
+
+class PackedKernel:
+    """A [K, N] dense kernel packed into NR-column panels (fast backend)."""
+
+    __slots__ = ("panels", "shape")
+
+    def __init__(self, array):
+        self.shape = array.shape
+        self.panels = _gemm.pack_b(array)
+
+    @property
+    def nbytes(self):
+        return self.panels.nbytes
+
+
+def is_dense_kernel(name: str) -> bool:
+    return name.endswith(_DENSE_SUFFIXES) or name == MLM_DECODER
+
+
+_HEAP_LIMITED = False
+
+
+def _limit_heap_retention():
+    """Keep glibc from parking freed weight and activation buffers in its heap.
+
+    glibc raises its mmap threshold (up to 32 MiB) each time a large mmapped block is
+    freed, after which multi-MB arrays come from the heap and their memory is not returned
+    to the OS: at xlarge 8 x 128 that is ~30 MB of peak RSS. A fixed threshold of 1 MiB
+    (M_MMAP_THRESHOLD; also disables the dynamic adjustment) keeps every large array
+    mmapped. Process-wide but harmless; skipped off glibc, or when the user has set
+    MALLOC_MMAP_THRESHOLD_ themselves."""
+    global _HEAP_LIMITED
+    if _HEAP_LIMITED or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return
+    _HEAP_LIMITED = True
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
+def _f32(array):
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+class KernelOps:
+    """Ops over the kernels. fast=True: the "cpu" backend; fast=False: "reference"."""
+
+    def __init__(self, fast: bool = True, threads: int | None = None):
+        self.fast = bool(fast)
+        self.name = "cpu" if self.fast else "reference"
+        if threads is None:
+            threads = numba.config.NUMBA_NUM_THREADS
+        threads = int(threads)
+        if not 1 <= threads <= numba.config.NUMBA_NUM_THREADS:
+            raise ValueError(f"threads must be between 1 and {numba.config.NUMBA_NUM_THREADS} "
+                             f"(NUMBA_NUM_THREADS), got {threads}")
+        self.threads = threads
+        if self.fast:
+            _limit_heap_retention()
+
+    def _threads(self):
+        # set per call: numba's setting is per calling thread
+        numba.set_num_threads(self.threads)
+
+    # -- parameters ---------------------------------------------------------------------
+    def prepare(self, name, array):
+        array = _f32(array)
+        if is_dense_kernel(name):
+            if array.ndim != 2:
+                raise ValueError(f"{name}: a dense kernel must be 2-D, got shape {array.shape}")
+            return PackedKernel(array) if self.fast else array
+        return array
+
+    # -- ops ----------------------------------------------------------------------------------
+    def embed(self, input_ids, segment_ids, word, token_type, position):
+        ids = np.ascontiguousarray(input_ids, dtype=np.int64)
+        segs = np.ascontiguousarray(segment_ids, dtype=np.int64)
+        B, S = ids.shape
+        if ids.size and (ids.min() < 0 or ids.max() >= word.shape[0]):
+            raise ValueError(f"input_ids out of range [0, {word.shape[0]})")
+        if segs.size and (segs.min() < 0 or segs.max() >= token_type.shape[0]):
+            raise ValueError(f"segment_ids out of range [0, {token_type.shape[0]})")
+        if S > position.shape[0]:
+            raise ValueError(f"sequence length {S} exceeds max_position_embeddings {position.shape[0]}")
+        out = np.empty((B, S, word.shape[1]), dtype=np.float32)
+        if self.fast:
+            self._threads()
+            _emb.embed_fast(ids, segs, word, token_type, position, out)
+        else:
+            _emb.embed_ref(ids, segs, word, token_type, position, out)
+        return out
+
+    def layer_norm(self, x, residual, gamma, beta, eps):
+        shape = x.shape
+        n = shape[-1]
+        x2 = _f32(x).reshape(-1, n)
+        has_res = residual is not None
+        r2 = _f32(residual).reshape(-1, n) if has_res else x2
+        out = np.empty_like(x2)
+        if self.fast:
+            self._threads()
+            _ln.layer_norm_fast(x2, r2, has_res, gamma, beta, np.float32(eps), out)
+        else:
+            _ln.layer_norm_ref(x2, r2, has_res, gamma, beta, np.float32(eps), out)
+        return out.reshape(shape)
+
+    def dense(self, x, kernel, bias, activation=None):
+        act = _gemm.ACT_CODES[activation]
+        lead = x.shape[:-1]
+        K, N = kernel.shape
+        if x.shape[-1] != K:
+            raise ValueError(f"dense: input has {x.shape[-1]} features, kernel expects {K}")
+        x2 = _f32(x).reshape(-1, K)
+        if self.fast:
+            self._threads()
+            out = _gemm.dense_fast(x2, kernel.panels, N, bias, act, self.threads)
+        else:
+            out = np.empty((x2.shape[0], N), dtype=np.float32)
+            _gemm.dense_ref(x2, kernel, bias, act, out)
+        return out.reshape(*lead, N)
+
+    def attention(self, q, k, v, input_mask, num_heads):
+        q, k, v = _f32(q), _f32(k), _f32(v)
+        B, S, H = q.shape
+        mask = np.ascontiguousarray(input_mask, dtype=np.int64)
+        if mask.shape != (B, S):
+            raise ValueError(f"input_mask shape {mask.shape} does not match {(B, S)}")
+        scale = np.float32(1.0 / math.sqrt(H // num_heads))
+        out = np.empty_like(q)
+        if self.fast:
+            self._threads()
+            _att.attention_fast(q, k, v, mask, num_heads, scale, out)
+        else:
+            _att.attention_ref(q, k, v, mask, num_heads, scale, out)
+        return out
+

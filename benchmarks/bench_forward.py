@@ -1,0 +1,290 @@
+"""Whole xlarge forward pass (TF-Hub albert_xlarge/2 module-card config, random weights):
+albert-ref's "cpu" backend, optionally against Hugging Face transformers on PyTorch eager
+and ONNX Runtime, in the same run.
+
+Every engine and case runs in its own subprocess, so that peak RSS is that case's alone.
+Reported: median seconds over --reps timed runs (after one warm-up), GFLOP/s (2*M*N*K over
+every matrix product, attention scores and context included), peak RSS; and for albert-ref
+the time to first output in a fresh process with an empty Numba cache (cold compile) and
+in a second process reusing that cache (warm start).
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_forward.py --peers
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+XLARGE = dict(vocab_size=30000, embedding_size=128, hidden_size=2048, num_hidden_layers=24,
+              num_attention_heads=32, intermediate_size=8192, num_hidden_groups=1, inner_group_num=1,
+              hidden_act="gelu_tanh", max_position_embeddings=512, type_vocab_size=2)
+
+
+def gflop(cfg, B, S):
+    T = B * S
+    E, H, I = cfg["embedding_size"], cfg["hidden_size"], cfg["intermediate_size"]
+    layer = 2 * T * (4 * H * H + 2 * H * I) + 2 * 2 * B * S * S * H
+    return (2 * T * E * H + cfg["num_hidden_layers"] * layer + 2 * B * H * H) / 1e9
+
+
+def peak_rss_mb():
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def inputs(B, S, vocab, seed=0):
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(5, vocab, (B, S)).astype(np.int32)
+    mask = np.ones((B, S), np.int32)
+    segs = np.zeros((B, S), np.int32)
+    segs[:, S // 2:] = 1
+    return ids, mask, segs
+
+
+def build_params(ops, config, seed=0):
+    """Random float32 weights (model_util's statistics), prepared one tensor at a time so
+    that only the prepared (packed) copies stay alive."""
+    import numpy as np
+
+    from albert_ref import forward
+    from albert_ref.weights.names import EMB, encoder_shapes
+    rng = np.random.default_rng(seed)
+    params = {}
+    for name, shape in sorted(encoder_shapes(config).items()):
+        if name.endswith("gamma"):
+            a = 1 + 0.3 * rng.standard_normal(shape, dtype=np.float32)
+        elif name.endswith(("beta", "bias")):
+            a = 0.2 * rng.standard_normal(shape, dtype=np.float32)
+        elif name.endswith("embeddings"):
+            a = rng.standard_normal(shape, dtype=np.float32)
+        else:
+            a = rng.standard_normal(shape, dtype=np.float32)
+            a *= np.float32(1.5 / np.sqrt(shape[0]))
+        params[name] = ops.prepare(name, a)
+        del a
+    assert forward.MLM_DECODER not in params and EMB + "word_embeddings" in params
+    return params
+
+
+def worker_ours(args):
+    t0 = time.perf_counter()
+    import numpy as np
+
+    from albert_ref import forward
+    from albert_ref.config import AlbertConfig
+    from albert_ref.kernel_backend import KernelOps
+    t_import = time.perf_counter() - t0
+    config = AlbertConfig(**XLARGE)
+    ops = KernelOps(True, threads=args.threads)
+    params = build_params(ops, config)
+    t_params = time.perf_counter() - t0 - t_import
+    ids, mask, segs = inputs(args.batch, args.seq, config.vocab_size)
+    times = []
+    for i in range(args.reps + 1):
+        t = time.perf_counter()
+        out = forward.forward(ops, params, config, ids, mask, segs)
+        times.append(time.perf_counter() - t)
+        if i == 0:
+            first_output = time.perf_counter() - t0
+    seq = out["sequence_output"]
+    return dict(engine="albert-ref cpu", times=times[1:], first_call=times[0], import_s=t_import, params_s=t_params,
+                first_output_s=first_output, rss_mb=peak_rss_mb(),
+                checksum=float(np.abs(seq).astype(np.float64).sum()), finite=bool(np.isfinite(seq).all()))
+
+
+def _hf_model(threads):
+    import torch
+    from transformers import AlbertConfig as HFConfig
+    from transformers import AlbertModel
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    c = dict(XLARGE)
+    c["hidden_act"] = "gelu_new"
+    cfg = HFConfig(**c, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    return AlbertModel(cfg, add_pooling_layer=True).eval()
+
+
+def worker_torch(args):
+    import torch
+    model = _hf_model(args.threads)
+    ids, mask, segs = (torch.from_numpy(a.astype("int64")) for a in inputs(args.batch, args.seq, XLARGE["vocab_size"]))
+    times = []
+    with torch.inference_mode():
+        for _ in range(args.reps + 1):
+            t = time.perf_counter()
+            model(input_ids=ids, attention_mask=mask, token_type_ids=segs)
+            times.append(time.perf_counter() - t)
+    return dict(engine=f"PyTorch {torch.__version__} eager (transformers AlbertModel)", times=times[1:],
+                first_call=times[0], rss_mb=peak_rss_mb())
+
+
+def worker_ort_export(args):
+    import torch
+    model = _hf_model(args.threads)
+    ids, mask, segs = (torch.from_numpy(a.astype("int64")) for a in inputs(1, args.seq, XLARGE["vocab_size"]))
+    torch.onnx.export(model, (ids, mask, segs), args.onnx, input_names=["input_ids", "attention_mask", "token_type_ids"],
+                      output_names=["sequence_output", "pooled_output"], opset_version=17, dynamo=False,
+                      dynamic_axes={n: {0: "b", 1: "s"} for n in ("input_ids", "attention_mask", "token_type_ids")})
+    return dict(engine="export", times=[0.0], rss_mb=peak_rss_mb())
+
+
+def worker_ort(args):
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = args.threads
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    sess = ort.InferenceSession(args.onnx, so, providers=["CPUExecutionProvider"])
+    ids, mask, segs = (a.astype("int64") for a in inputs(args.batch, args.seq, XLARGE["vocab_size"]))
+    feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": segs}
+    times = []
+    for _ in range(args.reps + 1):
+        t = time.perf_counter()
+        sess.run(None, feed)
+        times.append(time.perf_counter() - t)
+    return dict(engine=f"ONNX Runtime {ort.__version__} (plain export)", times=times[1:], first_call=times[0],
+                rss_mb=peak_rss_mb())
+
+
+def worker_accuracy(args):
+    """xlarge, 2 sequences (128 and 77 real tokens): albert-ref cpu and NumPy float32
+    (OpenBLAS) against the NumPy float64 forward on the same float32 weights."""
+    import numpy as np
+
+    from albert_ref import forward
+    from albert_ref.backends import NumpyOps
+    from albert_ref.config import AlbertConfig
+    from albert_ref.kernel_backend import KernelOps
+    config = AlbertConfig(**XLARGE)
+    ids, mask, segs = inputs(2, args.seq, config.vocab_size, seed=1)
+    mask[1, 77:] = 0
+    ids[1, 77:] = 0
+    raw = build_params(NumpyOps("float32"), config)
+    outs = {}
+    for name, ops in (("cpu", KernelOps(True, threads=args.threads)), ("numpy32", NumpyOps("float32")),
+                      ("numpy64", NumpyOps("float64"))):
+        params = {k: ops.prepare(k, v) for k, v in raw.items()}
+        outs[name] = forward.forward(ops, params, config, ids, mask, segs)
+        del params
+    real = mask.astype(bool)
+    res = {}
+    for name in ("cpu", "numpy32"):
+        for key in ("sequence_output", "pooled_output"):
+            a, b = outs[name][key], outs["numpy64"][key]
+            if key == "sequence_output":
+                a, b = a[real], b[real]
+            d = np.abs(a.astype(np.float64) - b)
+            res[f"{name} {key}"] = dict(max_abs=float(d.max()), rms=float(np.sqrt(np.mean(d * d))),
+                                        max_rel=float((d / np.maximum(np.abs(b), 1e-3)).max()),
+                                        magnitude=float(np.abs(b).max()))
+    return dict(engine="accuracy", times=[0.0], rss_mb=peak_rss_mb(), errors=res)
+
+
+WORKERS = {"accuracy": worker_accuracy, "ours": worker_ours, "torch": worker_torch, "ort": worker_ort, "ort_export": worker_ort_export}
+
+
+def spawn(kind, batch, seq, threads, reps, env=None, onnx=""):
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", kind, "--batch", str(batch), "--seq", str(seq),
+           "--threads", str(threads), "--reps", str(reps), "--onnx", onnx]
+    e = dict(os.environ, **(env or {}))
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        e[var] = str(threads)
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, env=e, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if p.returncode:
+        print(f"  [{kind} {batch}x{seq} failed]\n{p.stderr[-2000:]}", file=sys.stderr)
+        return None
+    r = json.loads(p.stdout.strip().splitlines()[-1])
+    r["wall_s"] = wall
+    return r
+
+
+def report(r, batch, seq):
+    import statistics
+    med = statistics.median(r["times"])
+    gf = gflop(XLARGE, batch, seq)
+    print(f"  {r['engine']:<52s} {batch}x{seq}: median {med:7.3f} s  (runs {', '.join(f'{t:.2f}' for t in r['times'])})"
+          f"  {gf / med:6.1f} GFLOP/s  peak RSS {r['rss_mb']:6.0f} MB", flush=True)
+    return med
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--cases", nargs="*", default=["1x128", "8x128"])
+    ap.add_argument("--peers", action="store_true", help="also time PyTorch eager (and ONNX Runtime if installed)")
+    ap.add_argument("--no-compile", action="store_true", help="skip the cold/warm start measurement")
+    ap.add_argument("--accuracy", action="store_true", help="only: errors vs the float64 NumPy forward")
+    ap.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
+    ap.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)
+    ap.add_argument("--seq", type=int, default=128, help=argparse.SUPPRESS)
+    ap.add_argument("--onnx", default="", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        print(json.dumps(WORKERS[args.worker](args)))
+        return
+
+    import platform
+
+    import numba
+    import numpy as np
+    print(f"xlarge forward, {args.threads} threads; python {platform.python_version()}, numpy {np.__version__}, "
+          f"numba {numba.__version__}; {platform.processor() or platform.machine()}, {os.cpu_count()} cpus")
+    for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
+        if var in os.environ:
+            print(f"  warning: {var} is set", file=sys.stderr)
+    if args.accuracy:
+        r = spawn("accuracy", 2, 128, args.threads, 0)
+        for name, e in r["errors"].items():
+            print(f"  {name:28s} vs float64: max abs {e['max_abs']:.3e}  rms {e['rms']:.3e}  "
+                  f"(output magnitude {e['magnitude']:.2f})")
+        return
+    gf = {c: gflop(XLARGE, *map(int, c.split("x"))) for c in args.cases}
+    print("  GFLOP per forward: " + ", ".join(f"{c}: {g:.0f}" for c, g in gf.items()))
+    if not args.no_compile:
+        with tempfile.TemporaryDirectory() as cache:
+            env = {"NUMBA_CACHE_DIR": cache}
+            for label in ("cold (empty Numba cache)", "warm (cache from the previous process)"):
+                r = spawn("ours", 1, 128, args.threads, 1, env)
+                if r:
+                    print(f"  start, {label}: first output {r['first_output_s']:.1f} s after process start "
+                          f"(imports {r['import_s']:.1f} s, random weights + packing {r['params_s']:.1f} s, first "
+                          f"forward {r['first_call']:.1f} s vs {r['times'][0]:.2f} s steady: "
+                          f"compile/load ~{r['first_call'] - r['times'][0]:.1f} s)", flush=True)
+    results = {}
+    onnx_path = None
+    tmp = tempfile.TemporaryDirectory()
+    if args.peers:
+        try:
+            import onnxruntime  # noqa: F401
+            onnx_path = os.path.join(tmp.name, "albert_xlarge.onnx")
+            if not spawn("ort_export", 1, 128, args.threads, 0, onnx=onnx_path):
+                onnx_path = None
+        except ImportError:
+            print("  (onnxruntime not installed: skipped)")
+    for case in args.cases:
+        B, S = map(int, case.split("x"))
+        r = spawn("ours", B, S, args.threads, args.reps)
+        results[("ours", case)] = report(r, B, S) if r else None
+        if args.peers:
+            r = spawn("torch", B, S, args.threads, args.reps)
+            results[("torch", case)] = report(r, B, S) if r else None
+            if onnx_path:
+                r = spawn("ort", B, S, args.threads, args.reps, onnx=onnx_path)
+                results[("ort", case)] = report(r, B, S) if r else None
+        for peer in ("torch", "ort"):
+            if results.get(("ours", case)) and results.get((peer, case)):
+                print(f"  {case}: albert-ref is {results[(peer, case)] / results[('ours', case)]:.2f}x {peer}")
+    tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""GEMM on the xlarge shapes: albert-ref's packed FMA kernel vs numpy float32 matmul.
+
+M = 1024 (8 x 128 tokens); K, N in {2048, 8192}; same thread count for both
+(NUMBA_NUM_THREADS and OPENBLAS_NUM_THREADS/OMP_NUM_THREADS, set before numpy loads).
+Prints medians and GFLOP/s (2*M*N*K / time). Run with OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE
+unset so that OpenBLAS picks its best kernel for the machine:
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_gemm.py --threads 2
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--M", type=int, default=1024)
+    args = ap.parse_args(argv)
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        os.environ[var] = str(args.threads)
+    for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
+        if var in os.environ:
+            print(f"warning: {var}={os.environ[var]} is set; numpy's numbers will not be its best", file=sys.stderr)
+
+    import time
+
+    import numba
+    import numpy as np
+
+    from albert_ref.kernels import gemm
+
+    numba.set_num_threads(args.threads)
+    try:
+        from threadpoolctl import threadpool_info
+        blas = ", ".join(f"{i.get('internal_api')} {i.get('version')} {i.get('architecture')} x{i.get('num_threads')}"
+                         for i in threadpool_info())
+    except ImportError:
+        blas = "?"
+    print(f"numpy {np.__version__} ({blas}); numba {numba.__version__}; threads {args.threads}")
+    rng = np.random.default_rng(0)
+    M = args.M
+    print("medians (best-of in parentheses)")
+    print(f"{'M':>5} {'K':>5} {'N':>5} {'ours ms':>9} {'GF/s':>13} {'numpy ms':>9} {'GF/s':>13} {'ratio':>6} {'max|d|/rms':>10}")
+    ratios = []
+    for K in (2048, 8192):
+        for N in (2048, 8192):
+            x = rng.standard_normal((M, K), dtype=np.float32)
+            w = (rng.standard_normal((K, N), dtype=np.float32) / np.float32(np.sqrt(K)))
+            bias = np.zeros(N, np.float32)
+            bp = gemm.pack_b(w)
+            ours = lambda: gemm.dense_fast(x, bp, N, bias, 0, args.threads)
+            theirs = lambda: np.matmul(x, w)
+            a, b = ours(), theirs()
+            times = {"ours": [], "numpy": []}
+            for _ in range(2):
+                # blocks of one engine at a time, with pauses: both OpenBLAS's and the OpenMP
+                # workers spin after a call and would steal the 2 cores from the other engine
+                for name, f in (("ours", ours), ("numpy", theirs)):
+                    time.sleep(0.3)
+                    for _ in range(args.reps):
+                        t0 = time.perf_counter()
+                        f()
+                        times[name].append(time.perf_counter() - t0)
+            flop = 2.0 * M * N * K
+            to, tn = np.median(times["ours"]), np.median(times["numpy"])
+            ratios.append(tn / to)
+            bo, bn = min(times["ours"]), min(times["numpy"])
+            print(f"{M:5d} {K:5d} {N:5d} {to * 1e3:9.1f} {flop / to / 1e9:6.1f} ({flop / bo / 1e9:5.1f}) {tn * 1e3:9.1f} "
+                  f"{flop / tn / 1e9:6.1f} ({flop / bn / 1e9:5.1f}) "
+                  f"{tn / to:6.2f} {np.abs(a - b).max() / np.sqrt(np.mean(b * b)):10.2e}")
+    print(f"geometric-mean speed ratio vs numpy: {np.exp(np.mean(np.log(ratios))):.2f}x")
+
+
+if __name__ == "__main__":
+    main()

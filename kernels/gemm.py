@@ -1,0 +1,293 @@
+"""Dense layers: y = act(x @ W + b) under the dot-product contract (NUMERICS.md, "Dot products").
+
+Contract: out[m, n] = act(dot(x[m, :], W[:, n]) + b[n]) where, for K terms,
+  block s_j = fma chain over k in [j*KB, min(K, (j+1)*KB)) ascending, from +0.0,
+  dot = s_0 + s_1 + ... + s_last (plain float32 adds, ascending j),   KB = 128.
+
+Two implementations, which must agree bit for bit:
+
+* `dense_ref`: plain scalar loops over the contract, obviously correct (slow).
+* `dense_fast`: packed-panel GEMM. B (the weight) is packed once into NR-column panels,
+  A (the activations) is read in place, row-major; a micro-kernel written in LLVM IR
+  (`_micro`, MR x NR accumulators in <16 x float> registers, `llvm.fma.v16f32`) computes
+  one KB-block of an MR x NR tile from zero accumulators and stores it (first block) or
+  adds it (later blocks) into C, which is exactly the contract's order. Threads (`prange`)
+  take whole output tiles; no reduction is ever split. Bias + activation are applied to
+  each tile right after its last block, while it is in cache.
+"""
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from .fmath import fma, gelu_erf32, gelu_tanh32, relu32, tanh32
+
+KB = 128      # contract: dot-product block length
+MR = 4        # micro-tile rows (fast kernel only; 4 x 64 measured best on Zen 5: 8 x 32 spills
+              # its 8 row pointers of A, 6 x 32 and 12 x 32 are slower)
+NR = 64       # micro-tile columns: NR/16 vectors of 16 floats (fast kernel only)
+
+ACT_CODES = {None: 0, "linear": 0, "gelu_tanh": 1, "gelu_erf": 2, "relu": 3, "tanh": 4}
+_F32 = np.float32
+_JIT = dict(cache=True, error_model="numpy")
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def activate(v, act):
+    if act == 1:
+        return gelu_tanh32(v)
+    if act == 2:
+        return gelu_erf32(v)
+    if act == 3:
+        return relu32(v)
+    if act == 4:
+        return tanh32(v)
+    return v
+
+
+# --- reference ------------------------------------------------------------------------------
+
+@njit(**_JIT)
+def dot_ref(x, xs, w, ws, n):
+    """The contract's dot product of x[0], x[xs], ... and w[0], w[ws], ... (n terms)."""
+    total = _F32(0.0)
+    for k0 in range(0, n, KB):
+        s = _F32(0.0)
+        for k in range(k0, min(n, k0 + KB)):
+            s = fma(x[k * xs], w[k * ws], s)
+        total = s if k0 == 0 else total + s
+    return total
+
+
+@njit(**_JIT)
+def dense_ref(x, w, bias, act, out):
+    """x [M, K], w [K, N] (plain, C order), bias [N] -> out [M, N]."""
+    M, K = x.shape
+    N = w.shape[1]
+    wf = w.reshape(w.size)
+    for m in range(M):
+        xr = np.ascontiguousarray(x[m])
+        for n in range(N):
+            total = _F32(0.0)
+            for k0 in range(0, K, KB):
+                s = _F32(0.0)
+                for k in range(k0, min(K, k0 + KB)):
+                    s = fma(xr[k], wf[k * N + n], s)
+                total = s if k0 == 0 else total + s
+            out[m, n] = activate(total + bias[n], act)
+
+
+# --- fast: the LLVM-IR micro-kernel ------------------------------------------------------------
+
+def _make_micro(mr, nr):
+    nv = nr // 16
+
+    @intrinsic
+    def micro(typingctx, a, a_off, a_ks, a_rs, b, b_off, kc, c, c_off, ldc, accumulate):
+        """C[r, :] (=|+=) chain_k fma(A[r, k], B[k, :]) for an mr x nr tile, k < kc.
+
+        a: flat A, element (r, k) at a_off + k*a_ks + r*a_rs (row-major A: a_ks = 1,
+        a_rs = its row stride; packed panels: a_ks = mr, a_rs = 1); b: packed B (nr
+        floats per k) at b_off; c: flat float32 output, tile origin c_off, row stride ldc."""
+        sig = types.void(a, types.intp, types.intp, types.intp, b, types.intp, types.intp, c, types.intp,
+                         types.intp, types.intp)
+
+        def codegen(context, builder, signature, args):
+            a_v, a_off_v, a_ks_v, a_rs_v, b_v, b_off_v, kc_v, c_v, c_off_v, ldc_v, acc_v = args
+            fty = ir.FloatType()
+            vty = ir.VectorType(fty, 16)
+            ity = ir.IntType(64)
+            a_ptr = builder.gep(context.make_array(signature.args[0])(context, builder, a_v).data, [a_off_v])
+            b_ptr = builder.gep(context.make_array(signature.args[4])(context, builder, b_v).data, [b_off_v])
+            c_ptr = builder.gep(context.make_array(signature.args[7])(context, builder, c_v).data, [c_off_v])
+            a_rows = [builder.gep(a_ptr, [builder.mul(a_rs_v, ir.Constant(ity, r))]) for r in range(mr)]
+            fma_v = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty] * 3),
+                                                   "llvm.fma.v16f32")
+            zero = ir.Constant(vty, None)
+            undef = ir.Constant(vty, ir.Undefined)
+            splat_mask = ir.Constant(ir.VectorType(ir.IntType(32), 16), None)
+            pre = builder.block
+            fn = builder.function
+            head = fn.append_basic_block("mk_head")
+            body = fn.append_basic_block("mk_body")
+            done = fn.append_basic_block("mk_done")
+            builder.branch(head)
+
+            builder.position_at_end(head)
+            k = builder.phi(ity, "mk_k")
+            k.add_incoming(ir.Constant(ity, 0), pre)
+            accs = []
+            for i in range(mr * nv):
+                p = builder.phi(vty)
+                p.add_incoming(zero, pre)
+                accs.append(p)
+            builder.cbranch(builder.icmp_signed("<", k, kc_v), body, done)
+
+            builder.position_at_end(body)
+            bp = builder.gep(b_ptr, [builder.mul(k, ir.Constant(ity, nr))])
+            bvec = [builder.load(builder.bitcast(builder.gep(bp, [ir.Constant(ity, 16 * v)]), vty.as_pointer()),
+                                 align=4) for v in range(nv)]
+            ka = builder.mul(k, a_ks_v)
+            new = []
+            for r in range(mr):
+                av = builder.load(builder.gep(a_rows[r], [ka]), align=4)
+                splat = builder.shuffle_vector(builder.insert_element(undef, av, ir.Constant(ir.IntType(32), 0)),
+                                               undef, splat_mask)
+                for v in range(nv):
+                    new.append(builder.call(fma_v, [splat, bvec[v], accs[r * nv + v]]))
+            k_next = builder.add(k, ir.Constant(ity, 1))
+            end = builder.block
+            builder.branch(head)
+            k.add_incoming(k_next, end)
+            for p, n in zip(accs, new):
+                p.add_incoming(n, end)
+
+            builder.position_at_end(done)
+            ptrs = []
+            for r in range(mr):
+                row = builder.gep(c_ptr, [builder.mul(ldc_v, ir.Constant(ity, r))])
+                for v in range(nv):
+                    ptrs.append(builder.bitcast(builder.gep(row, [ir.Constant(ity, 16 * v)]), vty.as_pointer()))
+            with builder.if_else(builder.icmp_signed("!=", acc_v, ir.Constant(ity, 0))) as (then, otherwise):
+                with then:
+                    for p, acc in zip(ptrs, accs):
+                        builder.store(builder.fadd(builder.load(p, align=4), acc), p, align=4)
+                with otherwise:
+                    for p, acc in zip(ptrs, accs):
+                        builder.store(acc, p, align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return micro
+
+
+_micro = _make_micro(MR, NR)
+
+
+# --- fast: packing and the tiled driver -------------------------------------------------------
+
+@njit(**_JIT)
+def pack_b(w):
+    """W [K, N] -> panels [ceil(N/NR), K, NR], zero-padded columns. Done once per weight."""
+    K, N = w.shape
+    npan = (N + NR - 1) // NR
+    out = np.zeros((npan, K, NR), dtype=np.float32)
+    for p in range(npan):
+        for k in range(K):
+            for j in range(min(NR, N - p * NR)):
+                out[p, k, j] = w[k, p * NR + j]
+    return out
+
+
+@njit(**_JIT)
+def _epilogue(out, bias, i0, i1, j0, j1, act):
+    for i in range(i0, i1):
+        row = out[i]
+        if act == 0:
+            for j in range(j0, j1):
+                row[j] = row[j] + bias[j]
+        elif act == 1:
+            for j in range(j0, j1):
+                row[j] = gelu_tanh32(row[j] + bias[j])
+        elif act == 2:
+            for j in range(j0, j1):
+                row[j] = gelu_erf32(row[j] + bias[j])
+        elif act == 3:
+            for j in range(j0, j1):
+                row[j] = relu32(row[j] + bias[j])
+        else:
+            for j in range(j0, j1):
+                row[j] = tanh32(row[j] + bias[j])
+
+
+@njit(**_JIT)
+def gemm_tile(x, bp, out, oflat, i0, i1, j0, j1, ka, kz, tmp, edge):
+    """out[i0:i1, j0:j1] (= if ka == 0, else +=) the contract's blocks of k in [ka, kz)
+    (ka, kz multiples of KB, or kz == K), of x [M, K] (C order) and packed B; no bias.
+    i0 % MR == j0 % NR == 0. edge: [MR, K] scratch for a last partial row panel."""
+    M, N = out.shape
+    K = x.shape[1]
+    xf = x.reshape(M * K)
+    ef = edge.reshape(edge.size)
+    bf = bp.reshape(bp.size)
+    tail = M - M % MR                       # rows >= tail form a partial panel
+    if i1 > tail:
+        for r in range(MR):
+            for k in range(ka, kz):
+                edge[r, k] = x[tail + r, k] if tail + r < M else 0.0
+    for k0 in range(ka, kz, KB):
+        kc = min(KB, K - k0)
+        acc = 1 if k0 > 0 else 0
+        for j in range(j0, j1, NR):
+            b_off = ((j // NR) * K + k0) * NR
+            for i in range(i0, i1, MR):
+                if i + MR <= M and j + NR <= N:
+                    _micro(xf, i * K + k0, 1, K, bf, b_off, kc, oflat, i * N + j, N, acc)
+                else:
+                    if i + MR <= M:
+                        _micro(xf, i * K + k0, 1, K, bf, b_off, kc, tmp, 0, NR, 0)
+                    else:
+                        _micro(ef, k0, 1, K, bf, b_off, kc, tmp, 0, NR, 0)
+                    for r in range(min(MR, M - i)):
+                        for c in range(min(NR, N - j)):
+                            if acc:
+                                out[i + r, j + c] += tmp[r * NR + c]
+                            else:
+                                out[i + r, j + c] = tmp[r * NR + c]
+
+
+@njit(parallel=True, **_JIT)
+def gemm_packed(x, bp, bias, act, out, mc, nc, kchunk):
+    """out [M, N] = act(x @ B + bias), x [M, K] C order, B packed.
+
+    K is walked in chunks of kchunk (a multiple of KB) in ascending order; within a chunk,
+    mc x nc output tiles run in parallel. Each output still receives its KB-blocks in
+    ascending order, one after the other, so the bits do not depend on mc, nc, kchunk or
+    the thread count; chunking only keeps the working set of A and B in cache."""
+    M, N = out.shape
+    K = x.shape[1]
+    kchunk = max(KB, kchunk - kchunk % KB)  # chunk edges must be block edges
+    mc = max(MR, mc - mc % MR)              # tiles must hold whole micro-tiles
+    nc = max(NR, nc - nc % NR)
+    oflat = out.reshape(M * N)
+    mt = (M + mc - 1) // mc
+    nt = (N + nc - 1) // nc
+    edge_cols = K if M % MR else 0
+    for ka in range(0, K, kchunk):
+        kz = min(K, ka + kchunk)
+        last = kz == K
+        for t in prange(mt * nt):
+            ti = t % mt
+            tj = t // mt
+            i0 = ti * mc
+            i1 = min(M, i0 + mc)
+            j0 = tj * nc
+            j1 = min(N, j0 + nc)
+            tmp = np.empty(MR * NR, dtype=np.float32)
+            edge = np.empty((MR, edge_cols if i1 > M - M % MR else 0), dtype=np.float32)
+            gemm_tile(x, bp, out, oflat, i0, i1, j0, j1, ka, kz, tmp, edge)
+            if last:
+                _epilogue(out, bias, i0, i1, j0, j1, act)
+
+
+def tile_sizes(M, N, K, threads):
+    """Cache/parallel tiling (affects speed only, never the bits)."""
+    mc = min(128, -(-M // MR) * MR)
+    nc = 256
+    while nc > NR and (-(-M // mc)) * (-(-N // nc)) < 4 * threads:
+        nc //= 2
+    kchunk = 1024 if M * N >= (1 << 20) else K
+    return mc, nc, max(KB, kchunk)
+
+
+def dense_fast(x2, bp, N, bias, act, threads):
+    """x2 [M, K] float32 (C order), bp = pack_b(W) -> [M, N]."""
+    M, K = x2.shape
+    out = np.empty((M, N), dtype=np.float32)
+    mc, nc, kchunk = tile_sizes(M, N, K, threads)
+    gemm_packed(x2, bp, bias, act, out, mc, nc, kchunk)
+    return out

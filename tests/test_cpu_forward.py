@@ -1,0 +1,115 @@
+"""The whole forward pass on the kernel backends: "cpu" == "reference" bit for bit, and
+the invariances of NUMERICS.md (threads, batch composition, padding, repetition), plus
+accuracy against the float64 NumPy path."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from albert_ref import forward
+from albert_ref.backends import NumpyOps
+from albert_ref.kernel_backend import KernelOps
+from model_util import random_inputs, random_params, tiny_config
+
+HEADS = ("mlm", "sop")
+CONFIGS = {
+    "projected": dict(),
+    "groups2_inner2": dict(num_hidden_groups=2, inner_group_num=2, num_hidden_layers=4),
+    "e_eq_h": dict(embedding_size=16),
+    "gelu_erf_heads1": dict(hidden_act="gelu_erf", num_attention_heads=1),
+    "relu_d3": dict(hidden_act="relu", hidden_size=12, num_attention_heads=4),
+}
+
+
+def full_params(config, seed=0):
+    """random_params plus the derived tensors the heads read (as the loader derives them)."""
+    raw = random_params(config, seed, heads=HEADS)
+    raw[forward.MLM_DECODER] = np.ascontiguousarray(raw["bert/embeddings/word_embeddings"].T)
+    raw["cls/seq_relationship/output_weights_t"] = np.ascontiguousarray(raw["cls/seq_relationship/output_weights"].T)
+    return raw
+
+
+def run(ops, raw, config, ids, mask, segs):
+    params = {name: ops.prepare(name, array) for name, array in raw.items()}
+    return forward.forward(ops, params, config, ids, mask, segs, heads=HEADS)
+
+
+def assert_outputs_equal(a, b, rows=None):
+    for key in ("sequence_output", "pooled_output", "mlm_logits", "sop_logits"):
+        x, y = a[key], b[key]
+        if rows is not None and key in ("sequence_output", "mlm_logits"):
+            x, y = x[:, :rows], y[:, :rows]
+        assert x.shape == y.shape, key
+        assert np.array_equal(x.view(np.uint32), y.view(np.uint32)), key
+
+
+@pytest.fixture(scope="module")
+def cpu():
+    return KernelOps(True, threads=2)
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_cpu_forward_equals_reference(name, cpu):
+    config = tiny_config(**CONFIGS[name])
+    raw = full_params(config, seed=1)
+    ids, mask, segs = random_inputs(config, [9, 3, 1, 0, 6], seq_len=11, seed=2)
+    assert_outputs_equal(run(cpu, raw, config, ids, mask, segs), run(KernelOps(False), raw, config, ids, mask, segs))
+
+
+def test_one_thread_equals_two_threads_and_rerun(cpu):
+    config = tiny_config(num_hidden_groups=2, inner_group_num=2, num_hidden_layers=4)
+    raw = full_params(config, seed=3)
+    ids, mask, segs = random_inputs(config, [17, 30, 5], seed=4)
+    two = run(cpu, raw, config, ids, mask, segs)
+    assert_outputs_equal(run(KernelOps(True, threads=1), raw, config, ids, mask, segs), two)
+    assert_outputs_equal(run(cpu, raw, config, ids, mask, segs), two)
+
+
+@settings(max_examples=6, deadline=None)
+@given(length=st.sampled_from([1, 7, 13, 29]), others=st.lists(st.integers(0, 40), min_size=1, max_size=3),
+       position=st.integers(0, 3), seed=st.integers(0, 1000))
+def test_sequence_alone_equals_in_batch_equals_padded(length, others, position, seed, cpu):
+    config = tiny_config(max_position_embeddings=512, num_hidden_groups=2)
+    raw = _cached_params(config)
+    ids, mask, segs = random_inputs(config, [length], seed=seed)
+    alone = run(cpu, raw, config, ids, mask, segs)
+    # padded to 512
+    pad = lambda a: np.pad(a, ((0, 0), (0, 512 - length)))
+    assert_outputs_equal(run(cpu, raw, config, pad(ids), pad(mask), pad(segs)), alone, rows=length)
+    # inside a batch of other sequences (of other lengths), at some position
+    o_ids, o_mask, o_segs = random_inputs(config, others, seq_len=max(max(others), length, 1), seed=seed + 1)
+    S = o_ids.shape[1]
+    at = min(position, len(others))
+    batch = [np.insert(o, at, np.pad(a[0], (0, S - length)), axis=0) for o, a in
+             ((o_ids, ids), (o_mask, mask), (o_segs, segs))]
+    together = run(cpu, raw, config, *batch)
+    one = {k: v[at:at + 1] for k, v in together.items()}
+    assert_outputs_equal(one, alone, rows=length)
+
+
+_PARAMS = {}
+
+
+def _cached_params(config):
+    if config not in _PARAMS:
+        _PARAMS[config] = full_params(config, seed=5)
+    return _PARAMS[config]
+
+
+def test_accuracy_against_float64_at_least_numpy_float32(cpu):
+    """Blocked FMA dot products keep the kernels at least as close to float64 as BLAS."""
+    from albert_ref.config import AlbertConfig
+    config = AlbertConfig(vocab_size=300, embedding_size=64, hidden_size=512, num_hidden_layers=3,
+                          num_attention_heads=8, intermediate_size=2048, max_position_embeddings=64)
+    raw = full_params(config, seed=7)
+    ids, mask, segs = random_inputs(config, [64, 40], seed=8)
+    want = run(NumpyOps("float64"), raw, config, ids, mask, segs)
+    ours = run(cpu, raw, config, ids, mask, segs)
+    blas = run(NumpyOps("float32"), raw, config, ids, mask, segs)
+    for key in ("sequence_output", "mlm_logits"):
+        real = mask.astype(bool)
+        err = lambda out: np.sqrt(np.mean((out[key][real] - want[key][real]) ** 2))
+        assert err(ours) <= err(blas), (key, err(ours), err(blas))
+        assert np.abs(ours[key][real] - want[key][real]).max() < 1e-3
