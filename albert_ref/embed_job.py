@@ -54,7 +54,7 @@ def job_description(encoder: Encoder, inputs: Inputs, settings: Settings, output
     digest = hashlib.sha256(json.dumps([inputs.ids.tolist(), inputs.texts], ensure_ascii=False).encode())
     model = encoder.model
     job = {"output": output.name, "rows": len(inputs.texts), "inputs_sha256": digest.hexdigest(),
-           "model_sha256": model.file.digest, "backend": model.backend, "dtype": str(model.dtype),
+           "model_sha256": model.digest, "backend": model.backend, "dtype": str(model.dtype),
            "pooling": settings.pooling, "normalize": settings.normalize,
            "max_seq_length": settings.max_seq_length, "chunk_rows": settings.chunk_rows}
     if model.backend == "numpy":

@@ -27,10 +27,14 @@ def make_ops(backend: str, dtype: str | None, threads: int | None):
 
 def tokenizer_of(model_file: ModelFile):
     """The tokenizer a model file carries, with the preprocessing options it was stored with."""
-    if model_file.spm_model is None:
+    return _make_tokenizer(model_file.spm_model, model_file.tokenizer_options)
+
+
+def _make_tokenizer(spm_model, options):
+    if spm_model is None:
         raise TokenizerError("this model file has no sentencepiece model; run it on token ids")
     from albert_ref.tokenizer import Tokenizer
-    return Tokenizer(model_file.spm_model, **model_file.tokenizer_options)
+    return Tokenizer(spm_model, **options)
 
 
 def load(path, backend: str = "cpu", dtype: str | None = None, threads: int | None = None,
@@ -43,22 +47,24 @@ def load(path, backend: str = "cpu", dtype: str | None = None, threads: int | No
 class Model:
     def __init__(self, model_file: ModelFile, backend: str = "cpu", dtype: str | None = None,
                  threads: int | None = None):
-        self.file = model_file
+        # Only the file's description is kept: the backend's prepared copies replace the
+        # tensors, so holding the originals too would double the memory.
         self.config = model_file.config
+        self.digest = model_file.digest
+        self.heads = model_file.heads
+        self.provenance = model_file.provenance
+        self.spm_model = model_file.spm_model
+        self.tokenizer_options = model_file.tokenizer_options
         self.backend = backend
         self.ops = make_ops(backend, dtype, threads)
         self.dtype = np.dtype(getattr(self.ops, "dtype", np.float32))
         tensors = dict(model_file.tensors)
-        if "mlm" in model_file.heads:
+        if "mlm" in self.heads:
             tensors[fwd.MLM_DECODER] = np.ascontiguousarray(tensors["bert/embeddings/word_embeddings"].T)
-        if "sop" in model_file.heads:
+        if "sop" in self.heads:
             tensors[SOP + "output_weights_t"] = np.ascontiguousarray(tensors[SOP + "output_weights"].T)
         self.params = {name: self.ops.prepare(name, array) for name, array in tensors.items()}
         self._tokenizer = None
-
-    @property
-    def heads(self) -> tuple[str, ...]:
-        return self.file.heads
 
     def encoder(self):
         """An Encoder (text in, vectors out) over this loaded model."""
@@ -72,7 +78,7 @@ class Model:
     @property
     def tokenizer(self):
         if self._tokenizer is None:
-            self._tokenizer = tokenizer_of(self.file)
+            self._tokenizer = _make_tokenizer(self.spm_model, self.tokenizer_options)
         return self._tokenizer
 
     def __call__(self, input_ids, input_mask=None, segment_ids=None, *, hidden_states=False, heads=()):

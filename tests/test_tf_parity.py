@@ -13,7 +13,7 @@ from albert_ref.weights.model_file import read_model
 
 FIXTURES = Path(__file__).parent / "fixtures" / "tf"
 CASES = sorted(p.name for p in FIXTURES.iterdir() if (p / "expected.npz").is_file())
-FLOAT32_BACKENDS = ["numpy"]
+FLOAT32_BACKENDS = ["numpy", "cpu", "reference"]
 
 
 def source_of(case_dir: Path) -> Path:

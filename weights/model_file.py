@@ -30,6 +30,8 @@ class ModelFile:
     spm_model: bytes | None = None
     tokenizer_options: dict = dataclasses.field(default_factory=lambda: dict(TOKENIZER_OPTIONS))
     provenance: dict = dataclasses.field(default_factory=dict)
+    # Verified SHA-256 per tensor, as read from the file; computed on demand otherwise.
+    checksums: dict | None = dataclasses.field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
         unknown = set(self.tokenizer_options) - set(TOKENIZER_OPTIONS)
@@ -45,7 +47,7 @@ class ModelFile:
     def digest(self) -> str:
         """SHA-256 identifying the model: config, every tensor and the tokenizer."""
         doc = {"config": self.config.to_dict(),
-               "tensors": {n: sha256(t) for n, t in sorted(self.tensors.items())},
+               "tensors": self.checksums or {n: sha256(t) for n, t in self.tensors.items()},
                "tokenizer": None if self.spm_model is None else sha256(self.spm_model),
                "tokenizer_options": self.tokenizer_options}
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
@@ -176,7 +178,8 @@ def _read(f: h5py.File, path: Path, verify: bool) -> ModelFile:
         if not isinstance(stored, dict) or set(stored) != set(options):
             raise ModelFileError(f"{path}: tokenizer options must be a JSON object with {sorted(options)}")
         options = stored
-    return ModelFile(config, tensors, spm_model, options, provenance)
+    checksums = {n: _attr(datasets["weights/" + n], "sha256", path) for n in tensors} if verify else None
+    return ModelFile(config, tensors, spm_model, options, provenance, checksums)
 
 
 def _walk(f: h5py.File, path: Path) -> dict[str, h5py.Dataset]:
