@@ -119,16 +119,7 @@ class AlbertConfig:
         act = data.get("hidden_act", "gelu")
         if act not in _ORIGINAL_ACTIVATIONS:
             raise ConfigError(f"hidden_act {act!r} is not an activation of the original ALBERT code")
-        return cls(
-            **_take(data, ("vocab_size", "embedding_size", "hidden_size", "num_hidden_layers",
-                           "num_attention_heads", "intermediate_size")),
-            num_hidden_groups=data.get("num_hidden_groups", 1),
-            inner_group_num=data.get("inner_group_num", 1),
-            hidden_act=_ORIGINAL_ACTIVATIONS[act],
-            max_position_embeddings=data.get("max_position_embeddings", 512),
-            type_vocab_size=data.get("type_vocab_size", 2),
-            initializer_range=data.get("initializer_range", 0.02),
-        )
+        return cls(**_shared_fields(data), hidden_act=_ORIGINAL_ACTIVATIONS[act])
 
     @classmethod
     def from_huggingface(cls, data: dict[str, Any]) -> "AlbertConfig":
@@ -143,18 +134,8 @@ class AlbertConfig:
         pos = data.get("position_embedding_type", "absolute")
         if pos != "absolute":
             raise ConfigError(f"position_embedding_type {pos!r} is not supported (only 'absolute')")
-        return cls(
-            **_take(data, ("vocab_size", "embedding_size", "hidden_size", "num_hidden_layers",
-                           "num_attention_heads", "intermediate_size")),
-            num_hidden_groups=data.get("num_hidden_groups", 1),
-            inner_group_num=data.get("inner_group_num", 1),
-            hidden_act=_HF_ACTIVATIONS[act],
-            max_position_embeddings=data.get("max_position_embeddings", 512),
-            type_vocab_size=data.get("type_vocab_size", 2),
-            initializer_range=data.get("initializer_range", 0.02),
-            layer_norm_eps=data.get("layer_norm_eps", 1e-12),
-            project_embeddings=True,
-        )
+        return cls(**_shared_fields(data), hidden_act=_HF_ACTIVATIONS[act],
+                   layer_norm_eps=data.get("layer_norm_eps", 1e-12), project_embeddings=True)
 
     @classmethod
     def from_json_file(cls, path: str | Path, flavour: str) -> "AlbertConfig":
@@ -177,8 +158,15 @@ def _as_dict(data: Any) -> dict[str, Any]:
     return data
 
 
-def _take(data: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
-    missing = [n for n in names if n not in data]
+_REQUIRED = ("vocab_size", "embedding_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+             "intermediate_size")
+_DEFAULTS = {"num_hidden_groups": 1, "inner_group_num": 1, "max_position_embeddings": 512, "type_vocab_size": 2,
+             "initializer_range": 0.02}
+
+
+def _shared_fields(data: dict[str, Any]) -> dict[str, Any]:
+    """The fields both JSON flavours spell the same way."""
+    missing = [n for n in _REQUIRED if n not in data]
     if missing:
         raise ConfigError(f"config is missing required field(s): {', '.join(missing)}")
-    return {n: data[n] for n in names}
+    return {**{n: data[n] for n in _REQUIRED}, **{n: data.get(n, d) for n, d in _DEFAULTS.items()}}
