@@ -9,7 +9,7 @@ from albert_ref.errors import InputError, TokenizerError
 from albert_ref.weights.model_file import ModelFile, read_model
 from albert_ref.weights.names import SOP, encoder_shapes
 
-BACKENDS = ("cpu", "reference", "numpy")
+BACKENDS = ("cpu", "reference", "numpy", "cuda")
 
 
 def make_ops(backend: str, dtype: str | None, threads: int | None):
@@ -22,6 +22,12 @@ def make_ops(backend: str, dtype: str | None, threads: int | None):
                              f"use backend='numpy' for float64")
         from albert_ref.kernel_backend import KernelOps
         return KernelOps(fast=backend == "cpu", threads=threads)
+    if backend == "cuda":
+        if dtype not in (None, "float32"):
+            raise ValueError(f"backend 'cuda' computes in float32 only (got dtype={dtype!r}); "
+                             f"use backend='numpy' for float64")
+        from albert_ref.cuda_backend import CudaOps
+        return CudaOps()
     raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 
@@ -40,7 +46,8 @@ def _make_tokenizer(spm_model, options):
 def load(path, backend: str = "cpu", dtype: str | None = None, threads: int | None = None,
          verify: bool = True) -> "Model":
     """Load a model file. backend: "cpu" (fast kernels, the default), "reference" (the
-    kernels that define the bits) or "numpy" (float64 by default, or dtype="float32")."""
+    kernels that define the bits), "cuda" (numba.cuda kernels, the same bits) or "numpy"
+    (float64 by default, or dtype="float32")."""
     return Model(read_model(path, verify=verify), backend, dtype, threads)
 
 
