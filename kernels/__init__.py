@@ -12,6 +12,8 @@ import hashlib
 import os
 from pathlib import Path
 
+CONTRACT_VERSION = 1  # NUMERICS.md's version: raise it (and regenerate goldens) with any change to its bits
+
 
 def _drop_stale_cache() -> None:
     here = Path(__file__).resolve().parent

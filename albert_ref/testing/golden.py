@@ -17,14 +17,12 @@ from pathlib import Path
 import numpy as np
 
 from albert_ref.errors import AlbertRefError
+from albert_ref.kernels import CONTRACT_VERSION
 from albert_ref.testing.inputs import INPUT_NAMES
 from albert_ref.testing.layout import real_positions
 from albert_ref.testing.oracle import Oracle
 from albert_ref.weights import DEMO_MODEL
 
-# The version of NUMERICS.md's bit contract that goldens are made under: bump it when
-# the contract changes the bits, and regenerate the committed goldens.
-CONTRACT_VERSION = 1
 FORMAT = "albert-ref-golden"
 FORMAT_VERSION = 1
 CANONICAL = ("each array's values as little-endian IEEE floats (float32 for goldens) in C order, "
