@@ -46,6 +46,20 @@ def real_keys(input_mask):
     return real
 
 
+def embedding_indices(input_ids, segment_ids, word, token_type, position):
+    """ids and segment ids as contiguous int64, checked against the tables they index (the
+    kernels index without bounds checks)."""
+    ids = np.ascontiguousarray(input_ids, dtype=np.int64)
+    segs = np.ascontiguousarray(segment_ids, dtype=np.int64)
+    if ids.size and (ids.min() < 0 or ids.max() >= word.shape[0]):
+        raise ValueError(f"input_ids out of range [0, {word.shape[0]})")
+    if segs.size and (segs.min() < 0 or segs.max() >= token_type.shape[0]):
+        raise ValueError(f"segment_ids out of range [0, {token_type.shape[0]})")
+    if ids.shape[1] > position.shape[0]:
+        raise ValueError(f"sequence length {ids.shape[1]} exceeds max_position_embeddings {position.shape[0]}")
+    return ids, segs
+
+
 class NumpyOps:
     """Plain NumPy in float64 or float32."""
 

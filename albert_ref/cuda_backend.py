@@ -28,6 +28,7 @@ import itertools
 
 import numpy as np
 
+from albert_ref.backends import embedding_indices
 from albert_ref.errors import AlbertRefError
 from albert_ref.forward import MLM_DECODER
 
@@ -196,15 +197,8 @@ class CudaOps:
 
     # -- ops ----------------------------------------------------------------------------------
     def embed(self, input_ids, segment_ids, word, token_type, position):
-        ids = np.ascontiguousarray(input_ids, dtype=np.int64)
-        segs = np.ascontiguousarray(segment_ids, dtype=np.int64)
+        ids, segs = embedding_indices(input_ids, segment_ids, word, token_type, position)
         B, S = ids.shape
-        if ids.size and (ids.min() < 0 or ids.max() >= word.shape[0]):
-            raise ValueError(f"input_ids out of range [0, {word.shape[0]})")
-        if segs.size and (segs.min() < 0 or segs.max() >= token_type.shape[0]):
-            raise ValueError(f"segment_ids out of range [0, {token_type.shape[0]})")
-        if S > position.shape[0]:
-            raise ValueError(f"sequence length {S} exceeds max_position_embeddings {position.shape[0]}")
         word, token_type, position = self._dev(word), self._dev(token_type), self._dev(position)
         out = self._empty((B, S, word.shape[1]))
         self._k_emb.launch_embed(self._cuda.to_device(ids.astype(np.int32)), self._cuda.to_device(segs.astype(np.int32)),

@@ -13,6 +13,7 @@ import os
 import numba
 import numpy as np
 
+from albert_ref.backends import embedding_indices
 from albert_ref.forward import MLM_DECODER
 from albert_ref.kernels import attention as _att
 from albert_ref.kernels import embed as _emb
@@ -99,15 +100,8 @@ class KernelOps:
 
     # -- ops ----------------------------------------------------------------------------------
     def embed(self, input_ids, segment_ids, word, token_type, position):
-        ids = np.ascontiguousarray(input_ids, dtype=np.int64)
-        segs = np.ascontiguousarray(segment_ids, dtype=np.int64)
+        ids, segs = embedding_indices(input_ids, segment_ids, word, token_type, position)
         B, S = ids.shape
-        if ids.size and (ids.min() < 0 or ids.max() >= word.shape[0]):
-            raise ValueError(f"input_ids out of range [0, {word.shape[0]})")
-        if segs.size and (segs.min() < 0 or segs.max() >= token_type.shape[0]):
-            raise ValueError(f"segment_ids out of range [0, {token_type.shape[0]})")
-        if S > position.shape[0]:
-            raise ValueError(f"sequence length {S} exceeds max_position_embeddings {position.shape[0]}")
         out = np.empty((B, S, word.shape[1]), dtype=np.float32)
         if self.fast:
             self._threads()

@@ -47,15 +47,14 @@ def inputs(B, S, vocab, seed=0):
     return ids, mask, segs
 
 
-def build_params(ops, config, seed=0):
-    """Random float32 weights (model_util's statistics), prepared one tensor at a time so
-    that only the prepared (packed) copies stay alive."""
+def random_tensors(config, seed=0):
+    """(name, float32 array) for every encoder tensor, with weights.random_model's
+    statistics but drawn directly in float32, one at a time: an xlarge model never
+    exists twice (or in float64) in memory."""
     import numpy as np
 
-    from albert_ref import forward
-    from albert_ref.weights.names import EMB, encoder_shapes
+    from albert_ref.weights.names import encoder_shapes
     rng = np.random.default_rng(seed)
-    params = {}
     for name, shape in sorted(encoder_shapes(config).items()):
         if name.endswith("gamma"):
             a = 1 + 0.3 * rng.standard_normal(shape, dtype=np.float32)
@@ -66,10 +65,12 @@ def build_params(ops, config, seed=0):
         else:
             a = rng.standard_normal(shape, dtype=np.float32)
             a *= np.float32(1.5 / np.sqrt(shape[0]))
-        params[name] = ops.prepare(name, a)
-        del a
-    assert forward.MLM_DECODER not in params and EMB + "word_embeddings" in params
-    return params
+        yield name, a
+
+
+def build_params(ops, config, seed=0):
+    """random_tensors prepared one by one, so that only the prepared copies stay alive."""
+    return {name: ops.prepare(name, a) for name, a in random_tensors(config, seed)}
 
 
 def worker_ours(args):

@@ -223,17 +223,11 @@ def _forward(ops, raw, config, ids, mask, segs, heads=(), hidden_states=False):
 @stage("tiny")
 def tiny():
     sys.path.insert(0, str(REPO / "tests"))
-    from model_util import random_inputs, tiny_config
+    from model_util import TINY_VARIANTS, random_inputs, tiny_config
 
     from albert_ref.cuda_backend import CudaOps
     from albert_ref.kernel_backend import KernelOps
-    configs = {
-        "projected": dict(),
-        "groups2_inner2": dict(num_hidden_groups=2, inner_group_num=2, num_hidden_layers=4),
-        "e_eq_h": dict(embedding_size=16),
-        "gelu_erf_heads1": dict(hidden_act="gelu_erf", num_attention_heads=1),
-        "relu_d3": dict(hidden_act="relu", hidden_size=12, num_attention_heads=4),
-    }
+    configs = TINY_VARIANTS
     cuda_ops, ref = CudaOps(), KernelOps(False)
     res = {}
     for name, over in configs.items():
@@ -248,23 +242,10 @@ def tiny():
 
 
 def _xlarge_params(config, seed=0):
-    """Random weights with benchmarks/bench_forward.py's statistics, prepared one by one."""
-    import numpy as np
-
-    from albert_ref.weights.names import encoder_shapes
-    rng = np.random.default_rng(seed)
-    raw = {}
-    for name, shape in sorted(encoder_shapes(config).items()):
-        if name.endswith("gamma"):
-            a = 1 + 0.3 * rng.standard_normal(shape, dtype=np.float32)
-        elif name.endswith(("beta", "bias")):
-            a = 0.2 * rng.standard_normal(shape, dtype=np.float32)
-        elif name.endswith("embeddings"):
-            a = rng.standard_normal(shape, dtype=np.float32)
-        else:
-            a = rng.standard_normal(shape, dtype=np.float32) * np.float32(1.5 / np.sqrt(shape[0]))
-        raw[name] = np.ascontiguousarray(a, dtype=np.float32)
-    return raw
+    """Random weights with benchmarks/bench_forward.py's statistics (its random_tensors)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from bench_forward import random_tensors
+    return dict(random_tensors(config, seed))
 
 
 def _xlarge_inputs(B, S, lengths=None, seed=0):

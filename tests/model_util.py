@@ -11,6 +11,16 @@ TINY = dict(vocab_size=64, embedding_size=8, hidden_size=16, num_hidden_layers=3
             intermediate_size=32, max_position_embeddings=40)
 
 
+# Variants of TINY that exercise each structural option; every backend is checked on them.
+TINY_VARIANTS = {
+    "projected": dict(),
+    "groups2_inner2": dict(num_hidden_groups=2, inner_group_num=2, num_hidden_layers=4),
+    "e_eq_h": dict(embedding_size=16),
+    "gelu_erf_heads1": dict(hidden_act="gelu_erf", num_attention_heads=1),
+    "relu_d3": dict(hidden_act="relu", hidden_size=12, num_attention_heads=4),
+}
+
+
 def tiny_config(**overrides) -> AlbertConfig:
     return AlbertConfig(**{**TINY, **overrides})
 

@@ -11,16 +11,10 @@ from hypothesis import strategies as st
 from albert_ref import forward
 from albert_ref.backends import NumpyOps
 from albert_ref.kernel_backend import KernelOps
-from model_util import random_inputs, random_params, tiny_config
+from model_util import TINY_VARIANTS, random_inputs, random_params, tiny_config
 
 HEADS = ("mlm", "sop")
-CONFIGS = {
-    "projected": dict(),
-    "groups2_inner2": dict(num_hidden_groups=2, inner_group_num=2, num_hidden_layers=4),
-    "e_eq_h": dict(embedding_size=16),
-    "gelu_erf_heads1": dict(hidden_act="gelu_erf", num_attention_heads=1),
-    "relu_d3": dict(hidden_act="relu", hidden_size=12, num_attention_heads=4),
-}
+CONFIGS = TINY_VARIANTS
 
 
 def full_params(config, seed=0):

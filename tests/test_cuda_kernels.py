@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from model_util import TINY_VARIANTS
 
 if importlib.util.find_spec("numba_cuda") is None:
     pytest.skip("numba-cuda is not installed (pip install 'albert-ref[cuda]')", allow_module_level=True)
@@ -353,13 +354,7 @@ def test_embed(ref):
 
 # --- whole forward passes -----------------------------------------------------------------------------------------
 
-CONFIGS = {
-    "projected": dict(),
-    "groups2_inner2": dict(num_hidden_groups=2, inner_group_num=2, num_hidden_layers=4),
-    "e_eq_h": dict(embedding_size=16),
-    "gelu_erf_heads1": dict(hidden_act="gelu_erf", num_attention_heads=1),
-    "relu_d3": dict(hidden_act="relu", hidden_size=12, num_attention_heads=4),
-}
+CONFIGS = TINY_VARIANTS
 HEADS = ("mlm", "sop")
 
 
