@@ -108,6 +108,35 @@ if SIM:
 
     fma32 = _fma_sim
 
+    def _lock_simulated_shared_arrays():
+        """numba-cuda's simulator creates a block's shared array on first use with an
+        unlocked check-then-set, so two threads of a block can each create one and then
+        work on different "shared" arrays (seen as rare, wrong results). Same logic,
+        same key (the caller's file and line), under a lock."""
+        import sys
+        import threading
+
+        from numba.cuda.simulator import kernelapi
+        original = kernelapi.FakeCUDAShared.array
+        lock = threading.Lock()
+
+        def array(self, shape, dtype, alignment=None):
+            if shape == 0 or alignment is not None:
+                return original(self, shape, dtype, alignment)
+            if isinstance(dtype, kernelapi.types.Type):
+                dtype = kernelapi.numpy_support.as_dtype(dtype)
+            caller = sys._getframe(1)
+            key = (caller.f_code.co_filename, caller.f_lineno)
+            with lock:
+                res = self._allocations.get(key)
+                if res is None:
+                    res = self._allocations[key] = np.empty(shape, dtype)
+            return res
+
+        kernelapi.FakeCUDAShared.array = array
+
+    _lock_simulated_shared_arrays()
+
     def as_int32(x):
         return _F32(x).view(np.int32)
 
