@@ -30,18 +30,14 @@ import numpy as np
 
 from albert_ref.backends import embedding_indices
 from albert_ref.errors import AlbertRefError
-from albert_ref.forward import MLM_DECODER
+from albert_ref.forward import is_dense_kernel
 
-_DENSE_SUFFIXES = ("kernel", "cls/seq_relationship/output_weights_t")
 
 
 class CudaUnavailableError(AlbertRefError, RuntimeError):
     """The "cuda" backend cannot run here: numba-cuda is not installed, or no usable
     NVIDIA GPU/driver is present."""
 
-
-def _is_dense_kernel(name: str) -> bool:
-    return name.endswith(_DENSE_SUFFIXES) or name == MLM_DECODER
 
 
 def _on_device(a) -> bool:
@@ -191,7 +187,7 @@ class CudaOps:
     # -- parameters ---------------------------------------------------------------------------
     def prepare(self, name, array):
         array = np.ascontiguousarray(array, dtype=np.float32)
-        if _is_dense_kernel(name) and array.ndim != 2:
+        if is_dense_kernel(name) and array.ndim != 2:
             raise ValueError(f"{name}: a dense kernel must be 2-D, got shape {array.shape}")
         return self._cuda.to_device(array)
 

@@ -7,12 +7,30 @@ whatever the backend prepared from them (e.g. packed GEMM panels).
 """
 from __future__ import annotations
 
+import numpy as np
+
 from albert_ref.config import AlbertConfig
 from albert_ref.weights.names import EMB, MAPPING, MLM, POOLER, SOP, block_prefix
 
-# The MLM decoder reuses the word embeddings, transposed; backends prepare that copy
-# under this name.
+# The heads multiply by transposes of stored tensors (the MLM decoder reuses the word
+# embeddings); those copies are derived once, under these names, by with_head_decoders.
 MLM_DECODER = MLM + "decoder/kernel"
+SOP_DECODER = SOP + "output_weights_t"
+
+
+def with_head_decoders(tensors: dict) -> dict:
+    """`tensors` plus the transposed copies the pretraining heads present need."""
+    out = dict(tensors)
+    if EMB + "word_embeddings" in out and MLM + "output_bias" in out:
+        out[MLM_DECODER] = np.ascontiguousarray(out[EMB + "word_embeddings"].T)
+    if SOP + "output_weights" in out:
+        out[SOP_DECODER] = np.ascontiguousarray(out[SOP + "output_weights"].T)
+    return out
+
+
+def is_dense_kernel(name: str) -> bool:
+    """Whether params[name] is used as a [K, N] dense kernel (backends pack these)."""
+    return name.endswith("kernel") or name == SOP_DECODER
 
 
 def embeddings(ops, params, config: AlbertConfig, input_ids, segment_ids):
@@ -77,7 +95,7 @@ def masked_lm_logits(ops, params, config: AlbertConfig, sequence_output):
 
 def sentence_order_logits(ops, params, pooled_output):
     """cls/seq_relationship: pooled @ output_weights^T + output_bias."""
-    return ops.dense(pooled_output, params[SOP + "output_weights_t"], params[SOP + "output_bias"])
+    return ops.dense(pooled_output, params[SOP_DECODER], params[SOP + "output_bias"])
 
 
 def forward(ops, params, config: AlbertConfig, input_ids, input_mask, segment_ids, *,

@@ -14,13 +14,12 @@ import numba
 import numpy as np
 
 from albert_ref.backends import embedding_indices
-from albert_ref.forward import MLM_DECODER
+from albert_ref.forward import is_dense_kernel
 from albert_ref.kernels import attention as _att
 from albert_ref.kernels import embed as _emb
 from albert_ref.kernels import gemm as _gemm
 from albert_ref.kernels import layernorm as _ln
 
-_DENSE_SUFFIXES = ("kernel", "cls/seq_relationship/output_weights_t")
 
 
 class PackedKernel:
@@ -36,9 +35,6 @@ class PackedKernel:
     def nbytes(self):
         return self.panels.nbytes
 
-
-def is_dense_kernel(name: str) -> bool:
-    return name.endswith(_DENSE_SUFFIXES) or name == MLM_DECODER
 
 
 _HEAP_LIMITED = False

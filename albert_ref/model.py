@@ -7,7 +7,7 @@ from albert_ref import forward as fwd
 from albert_ref.backends import NumpyOps
 from albert_ref.errors import InputError, TokenizerError
 from albert_ref.weights.model_file import ModelFile, read_model
-from albert_ref.weights.names import SOP, encoder_shapes
+from albert_ref.weights.names import num_parameters
 
 BACKENDS = ("cpu", "reference", "numpy", "cuda")
 
@@ -65,12 +65,8 @@ class Model:
         self.backend = backend
         self.ops = make_ops(backend, dtype, threads)
         self.dtype = np.dtype(getattr(self.ops, "dtype", np.float32))
-        tensors = dict(model_file.tensors)
-        if "mlm" in self.heads:
-            tensors[fwd.MLM_DECODER] = np.ascontiguousarray(tensors["bert/embeddings/word_embeddings"].T)
-        if "sop" in self.heads:
-            tensors[SOP + "output_weights_t"] = np.ascontiguousarray(tensors[SOP + "output_weights"].T)
-        self.params = {name: self.ops.prepare(name, array) for name, array in tensors.items()}
+        self.params = {name: self.ops.prepare(name, array)
+                       for name, array in fwd.with_head_decoders(model_file.tensors).items()}
         self._tokenizer = None
 
     def encoder(self):
@@ -80,7 +76,7 @@ class Model:
 
     @property
     def num_parameters(self) -> int:
-        return sum(int(np.prod(s)) for s in encoder_shapes(self.config).values())
+        return num_parameters(self.config)
 
     @property
     def tokenizer(self):

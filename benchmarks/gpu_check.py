@@ -197,16 +197,9 @@ def _bits_report(got, want):
 
 
 def _full_params(config, seed, heads=("mlm", "sop")):
-    import numpy as np
-
     from albert_ref import forward
     from albert_ref.weights.random_model import random_params
-    raw = random_params(config, seed, heads=heads)
-    if "mlm" in heads:
-        raw[forward.MLM_DECODER] = np.ascontiguousarray(raw["bert/embeddings/word_embeddings"].T)
-    if "sop" in heads:
-        raw["cls/seq_relationship/output_weights_t"] = np.ascontiguousarray(raw["cls/seq_relationship/output_weights"].T)
-    return raw
+    return forward.with_head_decoders(random_params(config, seed, heads=heads))
 
 
 def _forward(ops, raw, config, ids, mask, segs, heads=(), hidden_states=False):

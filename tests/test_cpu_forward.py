@@ -19,10 +19,7 @@ CONFIGS = TINY_VARIANTS
 
 def full_params(config, seed=0):
     """random_params plus the derived tensors the heads read (as the loader derives them)."""
-    raw = random_params(config, seed, heads=HEADS)
-    raw[forward.MLM_DECODER] = np.ascontiguousarray(raw["bert/embeddings/word_embeddings"].T)
-    raw["cls/seq_relationship/output_weights_t"] = np.ascontiguousarray(raw["cls/seq_relationship/output_weights"].T)
-    return raw
+    return forward.with_head_decoders(random_params(config, seed, heads=HEADS))
 
 
 def run(ops, raw, config, ids, mask, segs):

@@ -361,10 +361,7 @@ HEADS = ("mlm", "sop")
 def _full_params(config, seed):
     from albert_ref import forward
     from model_util import random_params
-    raw = random_params(config, seed, heads=HEADS)
-    raw[forward.MLM_DECODER] = np.ascontiguousarray(raw["bert/embeddings/word_embeddings"].T)
-    raw["cls/seq_relationship/output_weights_t"] = np.ascontiguousarray(raw["cls/seq_relationship/output_weights"].T)
-    return raw
+    return forward.with_head_decoders(random_params(config, seed, heads=HEADS))
 
 
 def _run(ops, raw, config, ids, mask, segs, hidden_states=False):
