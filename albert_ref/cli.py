@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 
@@ -86,9 +85,9 @@ def _read_checked(path):
 
 
 def _cmd_info(args):
-    from albert_ref.weights.names import encoder_shapes
+    from albert_ref.weights.names import num_parameters
     m, checksums = _read_checked(args.model)
-    params = sum(int(np.prod(s)) for s in encoder_shapes(m.config).values())
+    params = num_parameters(m.config)
     info = {"file": str(args.model), "config": m.config.to_dict(), "parameters": params,
             "heads": list(m.heads), "tokenizer": None if m.spm_model is None else
             {"bytes": len(m.spm_model), **m.tokenizer_options},

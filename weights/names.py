@@ -5,6 +5,8 @@ stored [in, out] as TF keeps them.
 """
 from __future__ import annotations
 
+import math
+
 from albert_ref.config import AlbertConfig
 
 EMB = "bert/embeddings/"
@@ -50,6 +52,11 @@ def encoder_shapes(config: AlbertConfig) -> dict[str, tuple[int, ...]]:
             shapes[p + "LayerNorm_1/gamma"] = (H,)
             shapes[p + "LayerNorm_1/beta"] = (H,)
     return shapes
+
+
+def num_parameters(config: AlbertConfig) -> int:
+    """The encoder's parameter count (shared layers counted once, heads excluded)."""
+    return sum(math.prod(shape) for shape in encoder_shapes(config).values())
 
 
 def head_shapes(config: AlbertConfig) -> dict[str, dict[str, tuple[int, ...]]]:
