@@ -6,16 +6,19 @@ by default, float32 on request, BLAS matmuls, no bit contract. The kernel backen
 """
 from __future__ import annotations
 
+import functools
 import math
 
-import numba
 import numpy as np
 
 
-@numba.vectorize(["float32(float32)", "float64(float64)"], cache=True)
-def _erf(x):
-    # NumPy has no erf; libm's via Numba keeps the numpy path free of SciPy.
-    return math.erf(x)
+@functools.lru_cache(maxsize=None)
+def _erf():
+    """NumPy has no erf; libm's through a Numba ufunc keeps the numpy path free of SciPy.
+    Built on first use, so importing albert_ref starts no compiler. float32 is listed
+    first: the ufunc takes the first loop an input can be cast to."""
+    import numba
+    return numba.vectorize(["float32(float32)", "float64(float64)"])(lambda x: math.erf(x))
 
 
 def _gelu_tanh(x):
@@ -25,7 +28,7 @@ def _gelu_tanh(x):
 
 
 def _gelu_erf(x):
-    return 0.5 * x * (1.0 + _erf(x / x.dtype.type(math.sqrt(2.0))))
+    return 0.5 * x * (1.0 + _erf()(x / x.dtype.type(math.sqrt(2.0))))
 
 
 ACTIVATIONS = {
