@@ -1,0 +1,56 @@
+"""Where the time of one xlarge forward goes: seconds per op kind (and per dense shape),
+measured by wrapping the cpu backend's ops while forward.py runs.
+
+    python benchmarks/profile_forward.py --batch 8 --threads 2
+"""
+import argparse
+import collections
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_forward import XLARGE, build_params  # noqa: E402
+
+from albert_ref import forward  # noqa: E402
+from albert_ref.config import AlbertConfig  # noqa: E402
+from albert_ref.kernel_backend import KernelOps  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    config = AlbertConfig(**XLARGE)
+    ops = KernelOps(True, threads=args.threads)
+    params = build_params(ops, config)
+    times = collections.defaultdict(float)
+    for name in ("embed", "layer_norm", "dense", "attention"):
+        op = getattr(ops, name)
+
+        def timed(*a, _op=op, _name=name, **k):
+            t = time.perf_counter()
+            r = _op(*a, **k)
+            dt = time.perf_counter() - t
+            times[_name] += dt
+            if _name == "dense":
+                times[f"  dense K={a[0].shape[-1]} N={a[2].shape[0]}"] += dt
+            return r
+        setattr(ops, name, timed)
+    ids = np.random.default_rng(0).integers(0, config.vocab_size, (args.batch, args.seq)).astype(np.int32)
+    mask, segs = np.ones_like(ids), np.zeros_like(ids)
+    forward.forward(ops, params, config, ids, mask, segs)  # compile / warm up
+    times.clear()
+    t = time.perf_counter()
+    forward.forward(ops, params, config, ids, mask, segs)
+    print(f"xlarge {args.batch}x{args.seq}, {args.threads} threads: {time.perf_counter() - t:.3f} s")
+    for name, seconds in sorted(times.items()):
+        print(f"  {name:28s} {seconds:7.3f} s")
+
+
+if __name__ == "__main__":
+    main()
