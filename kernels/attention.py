@@ -19,7 +19,7 @@ import numpy as np
 from numba import njit, prange
 
 from .fmath import exp32
-from .gemm import KB, MR, NR, _micro, dot_ref
+from .gemm import MR, NR, dot_ref, gemm_tile
 from .reduce import lane_sum, lane_sum_ref
 
 _F32 = np.float32
@@ -74,70 +74,72 @@ def attention_ref(q, k, v, mask, num_heads, scale, out):
                     out[b, i, c0 + c] = dot_ref(w, 1, col, 1, n)
 
 
+@njit(cache=True, inline="always", error_model="numpy")
+def lane_max(v, n, lanes):
+    """max(v[0..n)) in 16 vector lanes. The contract's max is a left-to-right scan; the
+    two differ only in which of +0.0 / -0.0 a zero maximum is, and in NaN payloads (any
+    NaN score makes the whole row NaN), and exp32(s - m) is the same for either zero."""
+    for lane in range(16):
+        lanes[lane] = v[0]
+    n16 = n - n % 16
+    for i in range(0, n16, 16):
+        for lane in range(16):
+            x = v[i + lane]
+            lanes[lane] = x if x > lanes[lane] else lanes[lane]
+    for lane in range(n - n16):
+        x = v[n16 + lane]
+        lanes[lane] = x if x > lanes[lane] else lanes[lane]
+    m = lanes[0]
+    for lane in range(1, 16):
+        m = lanes[lane] if lanes[lane] > m else m
+    return m
+
+
 @njit(cache=True, error_model="numpy")
-def _gemm_padded(ap, bp, kdim, c, ldc):
-    """c[:Mp, :Np] = contract dots of packed A [Mp/MR, kdim, MR] and packed B [Np/NR, kdim, NR]."""
-    af = ap.reshape(ap.size)
-    bf = bp.reshape(bp.size)
-    for k0 in range(0, kdim, KB):
-        kc = min(KB, kdim - k0)
-        acc = 1 if k0 > 0 else 0
-        for pj in range(bp.shape[0]):
-            b_off = (pj * kdim + k0) * NR
-            for pi in range(ap.shape[0]):
-                _micro(af, (pi * kdim + k0) * MR, MR, 1, bf, b_off, kc, c, pi * MR * ldc + pj * NR, ldc, acc)
+def softmax_rows(sc, ldc, rows, n, scale, lanes):
+    """sc[i, :n] <- softmax(sc[i, :n] * scale) in place for i < rows (rows of stride ldc),
+    in the reference's order: scale, max, exp32, lane sum, IEEE division; each step
+    is a loop that LLVM vectorizes."""
+    for i in range(rows):
+        row = sc[i * ldc:i * ldc + n]       # loops from 0 over a slice: LLVM vectorizes them
+        for j in range(n):
+            row[j] = row[j] * scale
+        m = lane_max(row, n, lanes)
+        for j in range(n):
+            row[j] = exp32(row[j] - m)
+        total = lane_sum(row, n, lanes)
+        for j in range(n):
+            row[j] = row[j] / total
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
 def attention_fast(q, k, v, mask, num_heads, scale, out):
+    """Per (sequence, head), two contract GEMMs on the dense micro-kernel: scores =
+    Q_h K_h^T with Q_h read in place from q, then context = W V_h written in place into
+    out. Only the real keys of K_h and V_h are packed (as B panels)."""
     B, S, H = q.shape
     d = H // num_heads
-    mp = (S + MR - 1) // MR
     dp = (d + NR - 1) // NR
+    qf = q.reshape(q.size)
+    of = out.reshape(out.size)
     for t in prange(B * num_heads):
         b = t // num_heads
         c0 = (t % num_heads) * d
+        row0 = b * S * H + c0                   # flat index of [b, 0, c0] in q and out
         idx = real_key_index(mask[b])
         n = idx.shape[0]
         np_ = (n + NR - 1) // NR
-        lanes = np.empty(16, dtype=np.float32)
-        # scores = Q_h K_h^T: A = Q_h [S, d], B = K_h^T [d, n]
-        qa = np.zeros((mp, d, MR), dtype=np.float32)
-        for i in range(S):
-            for c in range(d):
-                qa[i // MR, c, i % MR] = q[b, i, c0 + c]
-        kb = np.zeros((np_, d, NR), dtype=np.float32)
-        for j in range(n):
-            for c in range(d):
-                kb[j // NR, c, j % NR] = k[b, idx[j], c0 + c]
         ldc = np_ * NR
-        sc = np.empty(mp * MR * ldc, dtype=np.float32)
-        _gemm_padded(qa, kb, d, sc, ldc)
-        # softmax rows -> packed A for the context product: A = W [S, n]
-        wa = np.zeros((mp, n, MR), dtype=np.float32)
-        row = np.empty(n, dtype=np.float32)
-        for i in range(S):
-            base = i * ldc
-            for j in range(n):
-                row[j] = sc[base + j] * scale
-            m = row[0]
-            for j in range(1, n):
-                m = row[j] if row[j] > m else m
-            for j in range(n):
-                row[j] = exp32(row[j] - m)
-            total = lane_sum(row, n, lanes)
-            pi = i // MR
-            r = i % MR
-            for j in range(n):
-                wa[pi, j, r] = row[j] / total
-        # context = W V_h: B = V_h [n, d]
-        vb = np.zeros((dp, n, NR), dtype=np.float32)
+        kb = np.zeros((np_, d, NR), dtype=np.float32)   # K_h^T [d, n]
+        vb = np.zeros((dp, n, NR), dtype=np.float32)    # V_h [n, d]
         for j in range(n):
+            kj = k[b, idx[j], c0:c0 + d]
+            vj = v[b, idx[j], c0:c0 + d]
             for c in range(d):
-                vb[c // NR, j, c % NR] = v[b, idx[j], c0 + c]
-        ldo = dp * NR
-        ctx = np.empty(mp * MR * ldo, dtype=np.float32)
-        _gemm_padded(wa, vb, n, ctx, ldo)
-        for i in range(S):
-            for c in range(d):
-                out[b, i, c0 + c] = ctx[i * ldo + c]
+                kb[j // NR, c, j % NR] = kj[c]
+                vb[c // NR, j, c % NR] = vj[c]
+        tmp = np.empty(MR * NR, dtype=np.float32)
+        sc = np.empty(S * ldc, dtype=np.float32)
+        gemm_tile(qf, row0, H, S, kb, sc, 0, ldc, ldc, 0, S, 0, ldc, 0, d, tmp, np.empty((MR, d), dtype=np.float32))
+        softmax_rows(sc, ldc, S, n, scale, np.empty(16, dtype=np.float32))
+        gemm_tile(sc, 0, ldc, S, vb, of, row0, H, d, 0, S, 0, d, 0, n, tmp, np.empty((MR, n), dtype=np.float32))

@@ -207,20 +207,23 @@ def _epilogue(out, bias, i0, i1, j0, j1, act):
 
 
 @njit(**_JIT)
-def gemm_tile(x, bp, out, oflat, i0, i1, j0, j1, ka, kz, tmp, edge):
-    """out[i0:i1, j0:j1] (= if ka == 0, else +=) the contract's blocks of k in [ka, kz)
-    (ka, kz multiples of KB, or kz == K), of x [M, K] (C order) and packed B; no bias.
-    i0 % MR == j0 % NR == 0. edge: [MR, K] scratch for a last partial row panel."""
-    M, N = out.shape
-    K = x.shape[1]
-    xf = x.reshape(M * K)
-    ef = edge.reshape(edge.size)
+def gemm_tile(a, a0, lda, M, bp, c, c0, ldc, N, i0, i1, j0, j1, ka, kz, tmp, edge):
+    """C[i0:i1, j0:j1] (= if ka == 0, else +=) the contract's blocks of k in [ka, kz)
+    (ka, kz multiples of KB, or kz == K) of A times packed B [panels, K, NR]; no bias.
+
+    A and C are flat float32 arrays addressed by origin and row stride (so that a head's
+    columns of q, or of the attention output, are used in place): A row r at a0 + r*lda,
+    M rows; C row r at c0 + r*ldc, N columns. i0 % MR == j0 % NR == 0. Tiles that cross
+    row M or column N go through tmp [MR*NR]; edge [MR, K] holds a last partial row panel,
+    zero-padded, so that no row past M is ever read."""
+    K = bp.shape[1]
     bf = bp.reshape(bp.size)
+    ef = edge.reshape(edge.size)
     tail = M - M % MR                       # rows >= tail form a partial panel
     if i1 > tail:
         for r in range(MR):
             for k in range(ka, kz):
-                edge[r, k] = x[tail + r, k] if tail + r < M else 0.0
+                edge[r, k] = a[a0 + (tail + r) * lda + k] if tail + r < M else 0.0
     for k0 in range(ka, kz, KB):
         kc = min(KB, K - k0)
         acc = 1 if k0 > 0 else 0
@@ -228,18 +231,17 @@ def gemm_tile(x, bp, out, oflat, i0, i1, j0, j1, ka, kz, tmp, edge):
             b_off = ((j // NR) * K + k0) * NR
             for i in range(i0, i1, MR):
                 if i + MR <= M and j + NR <= N:
-                    _micro(xf, i * K + k0, 1, K, bf, b_off, kc, oflat, i * N + j, N, acc)
+                    _micro(a, a0 + i * lda + k0, 1, lda, bf, b_off, kc, c, c0 + i * ldc + j, ldc, acc)
                 else:
                     if i + MR <= M:
-                        _micro(xf, i * K + k0, 1, K, bf, b_off, kc, tmp, 0, NR, 0)
+                        _micro(a, a0 + i * lda + k0, 1, lda, bf, b_off, kc, tmp, 0, NR, 0)
                     else:
                         _micro(ef, k0, 1, K, bf, b_off, kc, tmp, 0, NR, 0)
                     for r in range(min(MR, M - i)):
-                        for c in range(min(NR, N - j)):
-                            if acc:
-                                out[i + r, j + c] += tmp[r * NR + c]
-                            else:
-                                out[i + r, j + c] = tmp[r * NR + c]
+                        row = c0 + (i + r) * ldc + j
+                        for col in range(min(NR, N - j)):
+                            t = tmp[r * NR + col]
+                            c[row + col] = c[row + col] + t if acc else t
 
 
 @njit(parallel=True, **_JIT)
@@ -255,6 +257,7 @@ def gemm_packed(x, bp, bias, act, out, mc, nc, kchunk):
     kchunk = max(KB, kchunk - kchunk % KB)  # chunk edges must be block edges
     mc = max(MR, mc - mc % MR)              # tiles must hold whole micro-tiles
     nc = max(NR, nc - nc % NR)
+    xf = x.reshape(M * K)
     oflat = out.reshape(M * N)
     mt = (M + mc - 1) // mc
     nt = (N + nc - 1) // nc
@@ -271,7 +274,7 @@ def gemm_packed(x, bp, bias, act, out, mc, nc, kchunk):
             j1 = min(N, j0 + nc)
             tmp = np.empty(MR * NR, dtype=np.float32)
             edge = np.empty((MR, edge_cols if i1 > M - M % MR else 0), dtype=np.float32)
-            gemm_tile(x, bp, out, oflat, i0, i1, j0, j1, ka, kz, tmp, edge)
+            gemm_tile(xf, 0, K, M, bp, oflat, 0, N, N, i0, i1, j0, j1, ka, kz, tmp, edge)
             if last:
                 _epilogue(out, bias, i0, i1, j0, j1, act)
 

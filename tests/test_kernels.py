@@ -279,7 +279,7 @@ def _att(fn, q, k, v, mask, heads):
 
 @FAST
 @given(B=st.sampled_from([1, 2, 3]), S=st.sampled_from([1, 7, 13, 33, 129]), heads=st.sampled_from([1, 2, 3]),
-       d=st.sampled_from([1, 7, 16, 64]), seed=st.integers(0, 2 ** 16))
+       d=st.sampled_from([1, 7, 16, 64, 65, 128]), seed=st.integers(0, 2 ** 16))
 def test_attention_fast_equals_ref(B, S, heads, d, seed):
     q, k, v, mask = _att_case(np.random.default_rng(seed), B, S, heads, d)
     assert_bits_equal(_att(att.attention_fast, q, k, v, mask, heads), _att(att.attention_ref, q, k, v, mask, heads))
@@ -312,6 +312,42 @@ def test_attention_masked_keys_are_exact_zeros():
     pad = lambda t: np.concatenate([t[2:3], randn(rng, 1, 29, t.shape[2])], axis=1)
     padded = _att(att.attention_fast, pad(q), pad(k), pad(v), np.pad(mask[2:3], ((0, 0), (0, 29))), 2)
     assert_bits_equal(padded[:, :20], base[2:3])
+
+
+@njit
+def _softmax_scan(row):
+    # NUMERICS.md section 5 as written: a left-to-right max, then exp32, lane sum, division
+    m = row[0]
+    for j in range(1, row.size):
+        m = row[j] if row[j] > m else m
+    e = np.empty_like(row)
+    for j in range(row.size):
+        e[j] = fmath.exp32(row[j] - m)
+    total = red.lane_sum_ref(e, row.size)
+    for j in range(row.size):
+        e[j] = e[j] / total
+    return e
+
+
+@FAST
+@given(n=st.sampled_from([1, 5, 16, 17, 40, 128, 200]), seed=st.integers(0, 2 ** 16),
+       special=st.sampled_from(["none", "zeros", "+inf", "-inf", "nan"]))
+def test_softmax_rows_lane_max_matches_the_scan(n, seed, special):
+    # the vectorized max may pick -0.0 where the scan picks +0.0 (or the reverse), and
+    # NaN payloads may differ; neither may change a single weight's bits
+    rng = np.random.default_rng(seed)
+    rows = (-np.abs(randn(rng, 4, n, scale=3))).astype(np.float32)
+    if special == "zeros":          # a zero maximum of both signs, in every lane position
+        rows[:, rng.integers(0, n, max(1, n // 3))] = np.float32(-0.0)
+        rows[:, rng.integers(0, n, max(1, n // 3))] = np.float32(0.0)
+    elif special != "none":
+        rows[1:, rng.integers(0, n)] = np.float32(special)
+    got = rows.copy().reshape(-1)
+    att.softmax_rows(got, n, 4, n, np.float32(1.0), np.empty(16, np.float32))
+    want = np.stack([_softmax_scan(r) for r in rows]).reshape(-1)
+    nan = np.isnan(want)
+    assert (np.isnan(got) == nan).all()
+    assert_bits_equal(got[~nan], want[~nan])
 
 
 def test_attention_matches_float64_softmax():
