@@ -6,6 +6,7 @@ by default, float32 on request, BLAS matmuls, no bit contract. The kernel backen
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 
@@ -63,6 +64,14 @@ def embedding_indices(input_ids, segment_ids, word, token_type, position):
     return ids, segs
 
 
+def size_class(nbytes: int) -> int:
+    """A buffer pool's allocation size for a request: rounded up to one of 8 sizes per
+    power of two (at most 12.5% slack; a buffer serves every request of its class)."""
+    nbytes = max(256, int(nbytes))
+    step = 1 << max(8, nbytes.bit_length() - 4)
+    return -(-nbytes // step) * step
+
+
 class NumpyOps:
     """Plain NumPy in float64 or float32."""
 
@@ -72,6 +81,10 @@ class NumpyOps:
         if np.dtype(dtype) not in (np.float32, np.float64):
             raise ValueError(f"numpy backend dtype must be float32 or float64, got {dtype!r}")
         self.dtype = np.dtype(dtype)
+
+    def workspace(self):
+        """No buffer reuse: NumPy allocates every result."""
+        return contextlib.nullcontext()
 
     def prepare(self, name, array):
         return np.ascontiguousarray(array, dtype=self.dtype)

@@ -22,13 +22,14 @@ CudaOps raises CudaUnavailableError saying which is missing. Under the CUDA simu
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import itertools
 
 import numpy as np
 
-from albert_ref.backends import embedding_indices
+from albert_ref.backends import embedding_indices, size_class
 from albert_ref.errors import AlbertRefError
 from albert_ref.forward import is_dense_kernel
 
@@ -88,18 +89,12 @@ class _BufferPool:
         self._keys = itertools.count()
         self.allocated_bytes = 0
 
-    @staticmethod
-    def size_class(nbytes: int) -> int:
-        nbytes = max(256, int(nbytes))
-        step = 1 << max(8, nbytes.bit_length() - 4)
-        return -(-nbytes // step) * step
-
     def empty(self, shape, dtype=np.float32):
         from numba.cuda.cudadrv.devicearray import DeviceNDArray
         dtype = np.dtype(dtype)
         shape = tuple(int(s) for s in shape)
         size = int(np.prod(shape)) * dtype.itemsize
-        cls = self.size_class(size)
+        cls = size_class(size)
         free = self._free.get(cls)
         if free:
             base = free.pop()
@@ -153,6 +148,10 @@ class CudaOps:
             self.device_name = self.device_name.decode()
 
     # -- memory -----------------------------------------------------------------------------
+    def workspace(self):
+        """Nothing to scope: the device buffer pool lives as long as the backend."""
+        return contextlib.nullcontext()
+
     def _empty(self, shape):
         if self._pool is not None:
             try:

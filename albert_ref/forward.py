@@ -50,6 +50,7 @@ def self_attention(ops, params, prefix: str, config: AlbertConfig, x, input_mask
     q, k, v = (ops.dense(x, params[f"{p}self/{n}/kernel"], params[f"{p}self/{n}/bias"])
                for n in ("query", "key", "value"))
     context = ops.attention(q, k, v, input_mask, config.num_attention_heads)
+    del q, k, v  # dead: a backend may reuse their memory for the output projection
     return ops.dense(context, params[p + "output/dense/kernel"], params[p + "output/dense/bias"])
 
 
@@ -104,13 +105,14 @@ def forward(ops, params, config: AlbertConfig, input_ids, input_mask, segment_id
 
     heads: any of "mlm", "sop" (the file must have them).
     """
-    x = embeddings(ops, params, config, input_ids, segment_ids)
-    sequence_output, states = encoder(ops, params, config, x, input_mask, hidden_states)
-    out = {"sequence_output": sequence_output, "pooled_output": pooler(ops, params, sequence_output)}
-    if hidden_states:
-        out["hidden_states"] = states
-    if "mlm" in heads:
-        out["mlm_logits"] = masked_lm_logits(ops, params, config, sequence_output)
-    if "sop" in heads:
-        out["sop_logits"] = sentence_order_logits(ops, params, out["pooled_output"])
+    with ops.workspace():  # a backend may reuse the buffers of this pass's dead activations
+        x = embeddings(ops, params, config, input_ids, segment_ids)
+        sequence_output, states = encoder(ops, params, config, x, input_mask, hidden_states)
+        out = {"sequence_output": sequence_output, "pooled_output": pooler(ops, params, sequence_output)}
+        if hidden_states:
+            out["hidden_states"] = states
+        if "mlm" in heads:
+            out["mlm_logits"] = masked_lm_logits(ops, params, config, sequence_output)
+        if "sop" in heads:
+            out["sop_logits"] = sentence_order_logits(ops, params, out["pooled_output"])
     return out

@@ -7,13 +7,17 @@ layers of ALBERT stay shared.
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import mmap
 import os
+import threading
+import weakref
 
 import numba
 import numpy as np
 
-from albert_ref.backends import embedding_indices
+from albert_ref.backends import embedding_indices, size_class
 from albert_ref.forward import is_dense_kernel
 from albert_ref.kernels import attention as _att
 from albert_ref.kernels import embed as _emb
@@ -61,6 +65,62 @@ def _limit_heap_retention():
         pass
 
 
+class Workspace:
+    """Activation buffers recycled within a forward pass (`with ops.workspace():`).
+
+    Every op's result is a fresh multi-MB array; a freshly mapped one costs a page fault
+    per 4 KiB on first touch (~6% of an xlarge FFN GEMM). Inside a scope, results are
+    carved from pooled anonymous mappings instead: each handed-out array is the one
+    owner of its views (its base is the mapping, not an ndarray, so numpy's views stop
+    at it), and a finalizer returns the mapping to the pool when the last view is gone.
+    So a buffer is reused exactly when nothing can see it any more, and only the first
+    layer of a pass touches new memory. When the outermost scope ends, the pool forgets
+    every buffer: arrays still held (the outputs) free theirs when dropped, and nothing is
+    retained between passes. Outside a scope, results are plain np.empty arrays."""
+
+    def __init__(self):
+        self._lock = threading.RLock()       # finalizers may run inside `empty`
+        self._depth = 0
+        self._generation = 0
+        self._free: dict[int, list] = {}
+
+    @contextlib.contextmanager
+    def scope(self):
+        with self._lock:
+            self._depth += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._depth -= 1
+                if self._depth == 0:
+                    self._free.clear()
+                    self._generation += 1
+
+    def empty(self, shape):
+        shape = tuple(int(s) for s in shape)
+        n = math.prod(shape)
+        with self._lock:
+            if self._depth == 0:
+                return np.empty(shape, dtype=np.float32)
+            cls = size_class(4 * n)
+            free = self._free.get(cls)
+            block = free.pop() if free else mmap.mmap(-1, cls)
+            array = np.frombuffer(block, dtype=np.float32, count=n)
+            weakref.finalize(array, self._release, cls, block, self._generation)
+        return array.reshape(shape)
+
+    @property
+    def pooled_bytes(self) -> int:
+        """Bytes of free buffers waiting for reuse."""
+        return sum(cls * len(blocks) for cls, blocks in self._free.items())
+
+    def _release(self, cls, block, generation):
+        with self._lock:
+            if self._depth and generation == self._generation:
+                self._free.setdefault(cls, []).append(block)
+
+
 def _f32(array):
     return np.ascontiguousarray(array, dtype=np.float32)
 
@@ -78,8 +138,13 @@ class KernelOps:
             raise ValueError(f"threads must be between 1 and {numba.config.NUMBA_NUM_THREADS} "
                              f"(NUMBA_NUM_THREADS), got {threads}")
         self.threads = threads
+        self._workspace = Workspace()
         if self.fast:
             _limit_heap_retention()
+
+    def workspace(self):
+        """A scope (one forward pass) within which results reuse dead results' buffers."""
+        return self._workspace.scope()
 
     def _threads(self):
         # set per call: numba's setting is per calling thread
@@ -98,7 +163,7 @@ class KernelOps:
     def embed(self, input_ids, segment_ids, word, token_type, position):
         ids, segs = embedding_indices(input_ids, segment_ids, word, token_type, position)
         B, S = ids.shape
-        out = np.empty((B, S, word.shape[1]), dtype=np.float32)
+        out = self._workspace.empty((B, S, word.shape[1]))
         if self.fast:
             self._threads()
             _emb.embed_fast(ids, segs, word, token_type, position, out)
@@ -112,7 +177,7 @@ class KernelOps:
         x2 = _f32(x).reshape(-1, n)
         has_res = residual is not None
         r2 = _f32(residual).reshape(-1, n) if has_res else x2
-        out = np.empty_like(x2)
+        out = self._workspace.empty(x2.shape)
         if self.fast:
             self._threads()
             _ln.layer_norm_fast(x2, r2, has_res, gamma, beta, np.float32(eps), out)
@@ -127,11 +192,11 @@ class KernelOps:
         if x.shape[-1] != K:
             raise ValueError(f"dense: input has {x.shape[-1]} features, kernel expects {K}")
         x2 = _f32(x).reshape(-1, K)
+        out = self._workspace.empty((x2.shape[0], N))
         if self.fast:
             self._threads()
-            out = _gemm.dense_fast(x2, kernel.panels, N, bias, act, self.threads)
+            _gemm.dense_fast(x2, kernel.panels, bias, act, self.threads, out)
         else:
-            out = np.empty((x2.shape[0], N), dtype=np.float32)
             _gemm.dense_ref(x2, kernel, bias, act, out)
         return out.reshape(*lead, N)
 
@@ -142,7 +207,7 @@ class KernelOps:
         if mask.shape != (B, S):
             raise ValueError(f"input_mask shape {mask.shape} does not match {(B, S)}")
         scale = np.float32(1.0 / math.sqrt(H // num_heads))
-        out = np.empty_like(q)
+        out = self._workspace.empty(q.shape)
         if self.fast:
             self._threads()
             _att.attention_fast(q, k, v, mask, num_heads, scale, out)

@@ -289,10 +289,10 @@ def tile_sizes(M, N, K, threads):
     return mc, nc, max(KB, kchunk)
 
 
-def dense_fast(x2, bp, N, bias, act, threads):
-    """x2 [M, K] float32 (C order), bp = pack_b(W) -> [M, N]."""
+def dense_fast(x2, bp, bias, act, threads, out):
+    """out [M, N] = act(x2 @ W + bias): x2 [M, K] float32 (C order), bp = pack_b(W)."""
     M, K = x2.shape
-    out = np.empty((M, N), dtype=np.float32)
+    N = out.shape[1]
     mc, nc, kchunk = tile_sizes(M, N, K, threads)
     gemm_packed(x2, bp, bias, act, out, mc, nc, kchunk)
     return out

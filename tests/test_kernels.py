@@ -166,7 +166,7 @@ def test_dense_fast_equals_ref(M, K, N, act, seed):
     code = gemm.ACT_CODES[act]
     want = np.empty((M, N), np.float32)
     gemm.dense_ref(x, w, b, code, want)
-    got = gemm.dense_fast(x, gemm.pack_b(w), N, b, code, 2)
+    got = gemm.dense_fast(x, gemm.pack_b(w), b, code, 2, np.empty((M, N), np.float32))
     assert_bits_equal(got, want)
 
 
@@ -197,7 +197,7 @@ def test_gemm_bits_independent_of_tiling(mc, nc, kchunk):
     rng = np.random.default_rng(5)
     x, w, b = _dense_case(rng, 77, 300, 130)
     bp = gemm.pack_b(w)
-    want = gemm.dense_fast(x, bp, 130, b, 1, 2)
+    want = gemm.dense_fast(x, bp, b, 1, 2, np.empty((77, 130), np.float32))
     got = np.empty((77, 130), np.float32)
     gemm.gemm_packed(x, bp, b, 1, got, mc, nc, kchunk)
     assert_bits_equal(got, want)

@@ -59,6 +59,9 @@ class _Recorder:
             return f"layer_{self._layer:0{self._width}d}/{scope[len(_TRANSFORMER):]}"
         return scope.removeprefix("bert/")
 
+    def workspace(self):
+        return self._ops.workspace()
+
     def embed(self, input_ids, segment_ids, word, token_type, position):
         return self._keep(self._ops.embed(input_ids, segment_ids, word, token_type, position),
                           "embed", "embeddings/sum", "bert/embeddings")
