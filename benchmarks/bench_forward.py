@@ -1,6 +1,6 @@
-"""Whole xlarge forward pass (TF-Hub albert_xlarge/2 module-card config, random weights):
-albert-ref's "cpu" backend, optionally against Hugging Face transformers on PyTorch eager
-and ONNX Runtime, in the same run.
+"""Whole forward pass (TF-Hub albert_xlarge/2 module-card config, or --model base for ALBERT
+base v2, random weights): albert-ref's "cpu" backend, optionally against Hugging Face
+transformers on PyTorch eager and ONNX Runtime, in the same run.
 
 Every engine and case runs in its own subprocess, so that peak RSS is that case's alone.
 Reported: median seconds over --reps timed runs (after one warm-up), GFLOP/s (2*M*N*K over
@@ -9,6 +9,7 @@ the time to first output in a fresh process with an empty Numba cache (cold comp
 in a second process reusing that cache (warm start).
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_forward.py --peers
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_forward.py --peers --model base --cases 32x128
 """
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ import time
 XLARGE = dict(vocab_size=30000, embedding_size=128, hidden_size=2048, num_hidden_layers=24,
               num_attention_heads=32, intermediate_size=8192, num_hidden_groups=1, inner_group_num=1,
               hidden_act="gelu_tanh", max_position_embeddings=512, type_vocab_size=2)
+BASE = dict(XLARGE, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
+MODELS = {"xlarge": XLARGE, "base": BASE}
 
 
 def gflop(cfg, B, S):
@@ -81,7 +84,7 @@ def worker_ours(args):
     from albert_ref.config import AlbertConfig
     from albert_ref.kernel_backend import KernelOps
     t_import = time.perf_counter() - t0
-    config = AlbertConfig(**XLARGE)
+    config = AlbertConfig(**MODELS[args.model])
     ops = KernelOps(True, threads=args.threads)
     params = build_params(ops, config)
     t_params = time.perf_counter() - t0 - t_import
@@ -99,13 +102,13 @@ def worker_ours(args):
                 checksum=float(np.abs(seq).astype(np.float64).sum()), finite=bool(np.isfinite(seq).all()))
 
 
-def _hf_model(threads):
+def _hf_model(threads, model):
     import torch
     from transformers import AlbertConfig as HFConfig
     from transformers import AlbertModel
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    c = dict(XLARGE)
+    c = dict(MODELS[model])
     c["hidden_act"] = "gelu_new"
     cfg = HFConfig(**c, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     return AlbertModel(cfg, add_pooling_layer=True).eval()
@@ -113,7 +116,7 @@ def _hf_model(threads):
 
 def worker_torch(args):
     import torch
-    model = _hf_model(args.threads)
+    model = _hf_model(args.threads, args.model)
     ids, mask, segs = (torch.from_numpy(a.astype("int64")) for a in inputs(args.batch, args.seq, XLARGE["vocab_size"]))
     times = []
     with torch.inference_mode():
@@ -127,7 +130,7 @@ def worker_torch(args):
 
 def worker_ort_export(args):
     import torch
-    model = _hf_model(args.threads)
+    model = _hf_model(args.threads, args.model)
     ids, mask, segs = (torch.from_numpy(a.astype("int64")) for a in inputs(1, args.seq, XLARGE["vocab_size"]))
     torch.onnx.export(model, (ids, mask, segs), args.onnx, input_names=["input_ids", "attention_mask", "token_type_ids"],
                       output_names=["sequence_output", "pooled_output"], opset_version=17, dynamo=False,
@@ -154,7 +157,7 @@ def worker_ort(args):
 
 
 def worker_accuracy(args):
-    """xlarge, 2 sequences (128 and 77 real tokens): albert-ref cpu and NumPy float32
+    """2 sequences (128 and 77 real tokens): albert-ref cpu and NumPy float32
     (OpenBLAS) against the NumPy float64 forward on the same float32 weights."""
     import numpy as np
 
@@ -162,7 +165,7 @@ def worker_accuracy(args):
     from albert_ref.backends import NumpyOps
     from albert_ref.config import AlbertConfig
     from albert_ref.kernel_backend import KernelOps
-    config = AlbertConfig(**XLARGE)
+    config = AlbertConfig(**MODELS[args.model])
     ids, mask, segs = inputs(2, args.seq, config.vocab_size, seed=1)
     mask[1, 77:] = 0
     ids[1, 77:] = 0
@@ -190,9 +193,9 @@ def worker_accuracy(args):
 WORKERS = {"accuracy": worker_accuracy, "ours": worker_ours, "torch": worker_torch, "ort": worker_ort, "ort_export": worker_ort_export}
 
 
-def spawn(kind, batch, seq, threads, reps, env=None, onnx=""):
+def spawn(kind, batch, seq, threads, reps, env=None, onnx="", model="xlarge"):
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", kind, "--batch", str(batch), "--seq", str(seq),
-           "--threads", str(threads), "--reps", str(reps), "--onnx", onnx]
+           "--threads", str(threads), "--reps", str(reps), "--onnx", onnx, "--model", model]
     e = dict(os.environ, **(env or {}))
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
         e[var] = str(threads)
@@ -207,10 +210,10 @@ def spawn(kind, batch, seq, threads, reps, env=None, onnx=""):
     return r
 
 
-def report(r, batch, seq):
+def report(r, batch, seq, model):
     import statistics
     med = statistics.median(r["times"])
-    gf = gflop(XLARGE, batch, seq)
+    gf = gflop(MODELS[model], batch, seq)
     print(f"  {r['engine']:<52s} {batch}x{seq}: median {med:7.3f} s  (runs {', '.join(f'{t:.2f}' for t in r['times'])})"
           f"  {gf / med:6.1f} GFLOP/s  peak RSS {r['rss_mb']:6.0f} MB", flush=True)
     return med
@@ -218,6 +221,7 @@ def report(r, batch, seq):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", choices=sorted(MODELS), default="xlarge")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--cases", nargs="*", default=["1x128", "8x128"])
@@ -237,24 +241,24 @@ def main(argv=None):
 
     import numba
     import numpy as np
-    print(f"xlarge forward, {args.threads} threads; python {platform.python_version()}, numpy {np.__version__}, "
+    print(f"{args.model} forward, {args.threads} threads; python {platform.python_version()}, numpy {np.__version__}, "
           f"numba {numba.__version__}; {platform.processor() or platform.machine()}, {os.cpu_count()} cpus")
     for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
         if var in os.environ:
             print(f"  warning: {var} is set", file=sys.stderr)
     if args.accuracy:
-        r = spawn("accuracy", 2, 128, args.threads, 0)
+        r = spawn("accuracy", 2, 128, args.threads, 0, model=args.model)
         for name, e in r["errors"].items():
             print(f"  {name:28s} vs float64: max abs {e['max_abs']:.3e}  rms {e['rms']:.3e}  "
                   f"(output magnitude {e['magnitude']:.2f})")
         return
-    gf = {c: gflop(XLARGE, *map(int, c.split("x"))) for c in args.cases}
+    gf = {c: gflop(MODELS[args.model], *map(int, c.split("x"))) for c in args.cases}
     print("  GFLOP per forward: " + ", ".join(f"{c}: {g:.0f}" for c, g in gf.items()))
     if not args.no_compile:
         with tempfile.TemporaryDirectory() as cache:
             env = {"NUMBA_CACHE_DIR": cache}
             for label in ("cold (empty Numba cache)", "warm (cache from the previous process)"):
-                r = spawn("ours", 1, 128, args.threads, 1, env)
+                r = spawn("ours", 1, 128, args.threads, 1, env, model=args.model)
                 if r:
                     print(f"  start, {label}: first output {r['first_output_s']:.1f} s after process start "
                           f"(imports {r['import_s']:.1f} s, random weights + packing {r['params_s']:.1f} s, first "
@@ -266,21 +270,21 @@ def main(argv=None):
     if args.peers:
         try:
             import onnxruntime  # noqa: F401
-            onnx_path = os.path.join(tmp.name, "albert_xlarge.onnx")
-            if not spawn("ort_export", 1, 128, args.threads, 0, onnx=onnx_path):
+            onnx_path = os.path.join(tmp.name, f"albert_{args.model}.onnx")
+            if not spawn("ort_export", 1, 128, args.threads, 0, onnx=onnx_path, model=args.model):
                 onnx_path = None
         except ImportError:
             print("  (onnxruntime not installed: skipped)")
     for case in args.cases:
         B, S = map(int, case.split("x"))
-        r = spawn("ours", B, S, args.threads, args.reps)
-        results[("ours", case)] = report(r, B, S) if r else None
+        r = spawn("ours", B, S, args.threads, args.reps, model=args.model)
+        results[("ours", case)] = report(r, B, S, args.model) if r else None
         if args.peers:
-            r = spawn("torch", B, S, args.threads, args.reps)
-            results[("torch", case)] = report(r, B, S) if r else None
+            r = spawn("torch", B, S, args.threads, args.reps, model=args.model)
+            results[("torch", case)] = report(r, B, S, args.model) if r else None
             if onnx_path:
-                r = spawn("ort", B, S, args.threads, args.reps, onnx=onnx_path)
-                results[("ort", case)] = report(r, B, S) if r else None
+                r = spawn("ort", B, S, args.threads, args.reps, onnx=onnx_path, model=args.model)
+                results[("ort", case)] = report(r, B, S, args.model) if r else None
         for peer in ("torch", "ort"):
             if results.get(("ours", case)) and results.get((peer, case)):
                 print(f"  {case}: albert-ref is {results[(peer, case)] / results[('ours', case)]:.2f}x {peer}")

@@ -1,4 +1,4 @@
-"""Where the time of one xlarge forward goes: seconds per op kind (and per dense shape),
+"""Where the time of one forward (xlarge, or --model base) goes: seconds per op kind (and per dense shape),
 measured by wrapping the cpu backend's ops while forward.py runs.
 
     python benchmarks/profile_forward.py --batch 8 --threads 2
@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_forward import XLARGE, build_params  # noqa: E402
+from bench_forward import MODELS, build_params  # noqa: E402
 
 from albert_ref import forward  # noqa: E402
 from albert_ref.config import AlbertConfig  # noqa: E402
@@ -21,11 +21,12 @@ from albert_ref.kernel_backend import KernelOps  # noqa: E402
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", choices=sorted(MODELS), default="xlarge")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    config = AlbertConfig(**XLARGE)
+    config = AlbertConfig(**MODELS[args.model])
     ops = KernelOps(True, threads=args.threads)
     params = build_params(ops, config)
     times = collections.defaultdict(float)
@@ -47,7 +48,7 @@ def main():
     times.clear()
     t = time.perf_counter()
     forward.forward(ops, params, config, ids, mask, segs)
-    print(f"xlarge {args.batch}x{args.seq}, {args.threads} threads: {time.perf_counter() - t:.3f} s")
+    print(f"{args.model} {args.batch}x{args.seq}, {args.threads} threads: {time.perf_counter() - t:.3f} s")
     for name, seconds in sorted(times.items()):
         print(f"  {name:28s} {seconds:7.3f} s")
 
