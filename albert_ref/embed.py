@@ -12,7 +12,7 @@ from pathlib import Path
 
 from albert_ref.embed_inputs import INPUT_FORMATS, STDIN, from_arguments, from_file
 from albert_ref.embed_job import Settings, progress_bar, run_job
-from albert_ref.embed_outputs import OUTPUT_FORMATS, json_vectors, output_format
+from albert_ref.embed_outputs import KEYED_FORMATS, OUTPUT_FORMATS, json_vectors, output_format
 from albert_ref.encoder import POOLINGS, Encoder, truncation_summary
 from albert_ref.errors import InputError
 
@@ -36,6 +36,7 @@ examples:
   albert-ref embed "hello world"
   albert-ref embed --model albert_xlarge_2.h5 --pooling mean --normalize "A cat." "A dog."
   albert-ref embed --model m.h5 --input docs.jsonl --field body --output docs.h5
+  albert-ref embed --model m.h5 --input docs.jsonl --field body --id-field doc_id -o docs.jsonl
   albert-ref embed --model m.h5 --input qa.csv --field question --field answer -o qa.npy
   albert-ref embed --model m.h5 --pair "Who wrote it?" "Tolstoy wrote it."
   cat lines.txt | albert-ref embed --model m.h5 -o lines.jsonl
@@ -43,6 +44,8 @@ examples:
 A TEXT that starts with '-' goes after `--`. Row ids (in .h5 and .jsonl outputs) are the
 0-based line of a .txt/.jsonl/stdin input (blank lines are skipped but keep their number),
 the 0-based data row of a .csv/.tsv, or the position among the TEXT arguments (or pairs).
+With --id-field, each row's own id is kept too: "id" of a .jsonl output line (as read;
+the row is then "row"), dataset "keys" (text) of an .h5 output.
 """
 
 
@@ -57,6 +60,9 @@ def add_embed_parser(sub) -> None:
     p.add_argument("--input-format", choices=INPUT_FORMATS, help="read --input as this, whatever its suffix")
     p.add_argument("--field", action="append", metavar="NAME",
                    help=".jsonl field or .csv/.tsv column holding the text (default: text); twice for pairs")
+    p.add_argument("--id-field", metavar="NAME",
+                   help=".jsonl field or .csv/.tsv column holding each row's id, kept beside its vector "
+                        "(needs --output .h5 or .jsonl)")
     p.add_argument("--pair", action="store_true",
                    help="embed (A, B) pairs: TEXT arguments A B A B ..., or lines A<TAB>B")
     p.add_argument("--pooling", choices=POOLINGS, default="pooled",
@@ -81,6 +87,9 @@ def run_embed(args) -> None:
     output = None if args.output in (None, STDIN) else Path(args.output)
     if output is not None:
         output_format(output)
+    if inputs.keys is not None and (output is None or output.suffix.lower() not in KEYED_FORMATS):
+        raise InputError(f"--id-field needs --output FILE{' or FILE'.join(KEYED_FORMATS)}: "
+                         f"{'a .npy file' if output else 'the JSON on stdout'} holds vectors only")
     if args.chunk_size < 1:
         raise InputError(f"--chunk-size must be at least 1, not {args.chunk_size}")
     if model is None:
@@ -122,9 +131,9 @@ def _inputs(args, texts):
     if args.input is not None:
         if texts:
             raise InputError("give TEXT arguments or --input FILE, not both")
-        return from_file(args.input, args.input_format, args.field, args.pair)
-    if args.field or args.input_format:
-        raise InputError("--field and --input-format apply to --input FILE")
+        return from_file(args.input, args.input_format, args.field, args.pair, args.id_field)
+    if args.field or args.input_format or args.id_field:
+        raise InputError("--field, --id-field and --input-format apply to --input FILE")
     if texts:
         return from_arguments(texts, args.pair)
     if sys.stdin is None or sys.stdin.isatty():

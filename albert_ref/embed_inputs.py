@@ -26,12 +26,13 @@ STDIN = "-"
 class Inputs:
     """What to embed: texts (str or (text_a, text_b)) and the input row each came from
     (0-based: the line of a .txt/.jsonl/stdin, the data row of a .csv/.tsv, the position
-    among the TEXT arguments or their pairs)."""
+    among the TEXT arguments or their pairs); with --id-field, each row's id as well."""
 
     texts: list
     ids: np.ndarray  # int64
     source: str
     skipped: int = 0  # blank lines
+    keys: list | None = None  # --id-field values: str (or int, from .jsonl)
 
 
 def from_arguments(texts: list[str], pair: bool) -> Inputs:
@@ -42,8 +43,9 @@ def from_arguments(texts: list[str], pair: bool) -> Inputs:
     return _inputs(list(texts), range(len(texts)), "the arguments")
 
 
-def from_file(path: str, fmt: str | None, fields: list[str] | None, pair: bool) -> Inputs:
-    """Read `path` ("-" for stdin) as `fmt`, or as its suffix says."""
+def from_file(path: str, fmt: str | None, fields: list[str] | None, pair: bool, id_field: str | None = None) -> Inputs:
+    """Read `path` ("-" for stdin) as `fmt`, or as its suffix says; id_field names the
+    .jsonl field or .csv/.tsv column that holds each row's id."""
     name = "<stdin>" if path == STDIN else path
     data = _read_bytes(path, name)
     fmt = fmt or ("txt" if path == STDIN else _SUFFIXES.get(Path(path).suffix.lower()))
@@ -52,8 +54,9 @@ def from_file(path: str, fmt: str | None, fields: list[str] | None, pair: bool) 
                          f"or say --input-format {'|'.join(INPUT_FORMATS)}")
     text = _decode(data, name)
     if fmt == "txt":
-        if fields:
-            raise InputError(f"--field applies to .jsonl, .csv and .tsv inputs, not to {name} (plain lines)")
+        for option, given in (("--field", fields), ("--id-field", id_field)):
+            if given:
+                raise InputError(f"{option} applies to .jsonl, .csv and .tsv inputs, not to {name} (plain lines)")
         return _lines(text, name, pair)
     fields = fields or ["text"]
     if len(fields) > 2:
@@ -61,8 +64,8 @@ def from_file(path: str, fmt: str | None, fields: list[str] | None, pair: bool) 
     if pair and len(fields) != 2:
         raise InputError(f"--pair with {fmt} input needs two fields: --field A --field B")
     if fmt == "jsonl":
-        return _jsonl(text, name, fields)
-    return _table(text, name, fields, "\t" if fmt == "tsv" else ",")
+        return _jsonl(text, name, fields, id_field)
+    return _table(text, name, fields, "\t" if fmt == "tsv" else ",", id_field)
 
 
 def _read_bytes(path: str, name: str) -> bytes:
@@ -86,11 +89,11 @@ def _decode(data: bytes, name: str) -> str:
     return text.removeprefix("\ufeff")  # a byte-order mark, as Windows tools write
 
 
-def _inputs(texts, ids, source, skipped=0) -> Inputs:
+def _inputs(texts, ids, source, skipped=0, keys=None) -> Inputs:
     if not texts:
         blank = f" (only {skipped} blank line{'s' * (skipped != 1)})" if skipped else ""
         raise InputError(f"{source}: no texts to embed{blank}")
-    return Inputs(texts, np.asarray(ids, dtype=np.int64), source, skipped)
+    return Inputs(texts, np.asarray(ids, dtype=np.int64), source, skipped, keys)
 
 
 def _numbered_lines(text: str):
@@ -116,9 +119,9 @@ def _lines(text: str, name: str, pair: bool) -> Inputs:
     return _inputs(texts, [i for i, _ in kept], name, blank)
 
 
-def _jsonl(text: str, name: str, fields: list[str]) -> Inputs:
+def _jsonl(text: str, name: str, fields: list[str], id_field: str | None) -> Inputs:
     kept, blank = _numbered_lines(text)
-    texts = []
+    texts, keys = [], []
     for i, line in kept:
         where = f"{name}:{i + 1}"
         try:
@@ -127,30 +130,40 @@ def _jsonl(text: str, name: str, fields: list[str]) -> Inputs:
             raise InputError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
         if not isinstance(record, dict):
             raise InputError(f"{where}: expected a JSON object, got {type(record).__name__}")
-        values = []
-        for field in fields:
-            if field not in record:
-                raise InputError(f"{where}: no field {field!r} (it has: {', '.join(map(repr, record)) or 'none'}); "
-                                 f"choose one with --field")
-            if not isinstance(record[field], str):
-                raise InputError(f"{where}: field {field!r} is {json.dumps(record[field])[:40]}, not a string")
-            values.append(record[field])
+        values = [_field(record, field, where, "--field", (str,)) for field in fields]
         texts.append(values[0] if len(values) == 1 else tuple(values))
-    return _inputs(texts, [i for i, _ in kept], name, blank)
+        if id_field is not None:
+            keys.append(_field(record, id_field, where, "--id-field", (str, int)))
+    return _inputs(texts, [i for i, _ in kept], name, blank, keys if id_field is not None else None)
 
 
-def _table(text: str, name: str, columns: list[str], delimiter: str) -> Inputs:
+def _field(record: dict, field: str, where: str, option: str, types: tuple):
+    if field not in record:
+        raise InputError(f"{where}: no field {field!r} (it has: {', '.join(map(repr, record)) or 'none'}); "
+                         f"choose one with {option}")
+    value = record[field]
+    if not isinstance(value, types) or isinstance(value, bool):
+        kinds = " or ".join({str: "a string", int: "an integer"}[t] for t in types)
+        raise InputError(f"{where}: field {field!r} is {json.dumps(value)[:40]}, not {kinds}")
+    return value
+
+
+def _table(text: str, name: str, columns: list[str], delimiter: str, id_column: str | None) -> Inputs:
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     try:
         header = next(reader, None)
         if header is None:
             raise InputError(f"{name}: empty file, with no header row naming the columns")
-        missing = [c for c in columns if c not in header]
-        if missing:
-            raise InputError(f"{name}: no column {missing[0]!r} in the header (columns: "
-                             f"{', '.join(map(repr, header))}); choose one with --field")
+        wanted = [(c, "--field") for c in columns]
+        if id_column is not None:
+            wanted.append((id_column, "--id-field"))
+        for column, option in wanted:
+            if column not in header:
+                raise InputError(f"{name}: no column {column!r} in the header (columns: "
+                                 f"{', '.join(map(repr, header))}); choose one with {option}")
         where = [header.index(c) for c in columns]
-        texts, ids, blank = [], [], 0
+        key_at = None if id_column is None else header.index(id_column)
+        texts, ids, keys, blank = [], [], [], 0
         for row_number, row in enumerate(reader):
             if not row:
                 blank += 1
@@ -159,6 +172,8 @@ def _table(text: str, name: str, columns: list[str], delimiter: str) -> Inputs:
                 raise InputError(f"{name}:{reader.line_num}: {len(row)} fields, but the header has {len(header)}")
             texts.append(row[where[0]] if len(where) == 1 else tuple(row[k] for k in where))
             ids.append(row_number)
+            if key_at is not None:
+                keys.append(row[key_at])
     except csv.Error as exc:
         raise InputError(f"{name}:{reader.line_num}: malformed table: {exc}") from None
-    return _inputs(texts, ids, name, blank)
+    return _inputs(texts, ids, name, blank, keys if id_column is not None else None)

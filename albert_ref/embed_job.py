@@ -51,7 +51,8 @@ def progress_bar(total: int, initial: int = 0) -> tqdm:
 def job_description(encoder: Encoder, inputs: Inputs, settings: Settings, output: Path) -> dict:
     """Everything that decides the output's bits. Batch size does not on the kernel backends
     (the bit contract), so it is left out there, and a resumed run may change it."""
-    digest = hashlib.sha256(json.dumps([inputs.ids.tolist(), inputs.texts], ensure_ascii=False).encode())
+    rows = [inputs.ids.tolist(), inputs.texts] + ([] if inputs.keys is None else [inputs.keys])
+    digest = hashlib.sha256(json.dumps(rows, ensure_ascii=False).encode())
     model = encoder.model
     job = {"output": output.name, "rows": len(inputs.texts), "inputs_sha256": digest.hexdigest(),
            "model_sha256": model.digest, "backend": model.backend, "dtype": str(model.dtype),
@@ -175,7 +176,7 @@ def run_job(encoder: Encoder, inputs: Inputs, settings: Settings, output: Path, 
                       f"run the same command again to resume", file=sys.stderr)
                 raise
         write_output(output, job.parts("ids", "vectors", "truncated"), job.rows, encoder.dim,
-                     {**job.description, **(meta or {})})
+                     {**job.description, **(meta or {})}, keys=inputs.keys)
         truncated = np.concatenate([t for t, in job.parts("truncated")])
         job.discard()
     return truncated

@@ -5,6 +5,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -12,6 +13,8 @@ import pytest
 
 import albert_ref
 from albert_ref.cli import main
+from albert_ref.embed_inputs import Inputs
+from albert_ref.embed_job import Settings, job_description
 from albert_ref.weights import DEMO_MODEL
 
 TEXTS = ["hello world", "The quick brown fox jumps over the lazy dog.", "Zoë's café!", "a b c", "Short one."]
@@ -100,6 +103,47 @@ def test_output_formats(capsys, tmp_path, encoder, suffix):
     assert list(ids) == [0, 1, 2, 3, 4]
 
 
+# Each row's own id (--id-field), strings and integers, with a blank line after the second row.
+KEYS = ["doc-a", 17, "Zoë", "0", -3]
+KEYED = {
+    "jsonl": "".join(json.dumps({"key": k, "body": t}) + "\n" + "\n" * (i == 1)
+                     for i, (k, t) in enumerate(zip(KEYS, TEXTS))),
+    "csv": "key,body\n" + "".join(f'{k},"{t}"\n' + "\n" * (i == 1) for i, (k, t) in enumerate(zip(KEYS, TEXTS))),
+}
+
+
+@pytest.mark.parametrize("fmt", KEYED)
+def test_id_field_is_kept_beside_each_vector(capsys, tmp_path, encoder, fmt):
+    path = write(tmp_path / f"in.{fmt}", KEYED[fmt])
+    want = encoder.encode(TEXTS).tobytes()
+    as_read = KEYS if fmt == "jsonl" else [str(k) for k in KEYS]   # a table's cells are text
+    for suffix in (".jsonl", ".h5"):
+        out_path = tmp_path / f"out{suffix}"
+        code, _, err = embed(capsys, "-i", path, "--field", "body", "--id-field", "key", "-o", out_path, "--chunk-size", 2)
+        assert code == 0, err
+        if suffix == ".jsonl":
+            rows = [json.loads(line) for line in out_path.read_text(encoding="utf-8").splitlines()]
+            assert [r["id"] for r in rows] == as_read
+            assert [r["row"] for r in rows] == [0, 1, 3, 4, 5]
+            got = np.array([r["vector"] for r in rows], np.float32)
+        else:
+            with h5py.File(out_path) as f:
+                assert [k.decode() for k in f["keys"][:]] == [str(k) for k in KEYS]
+                assert f["ids"][:].tolist() == [0, 1, 3, 4, 5]
+                got = f["vectors"][:]
+        assert got.tobytes() == want
+
+
+def test_id_field_is_part_of_the_job():
+    # a resumed job must not mix chunks embedded under different ids
+    encoder = albert_ref.Encoder(DEMO_MODEL)
+    settings = Settings("pooled", False, 32, 64, 1024)
+    ids = np.arange(2)
+    describe = [job_description(encoder, Inputs(["a", "b"], ids, "x", 0, keys), settings, Path("o.h5"))
+                for keys in (None, ["1", "2"], ["1", "3"], [1, 2])]
+    assert len({json.dumps(d, sort_keys=True) for d in describe}) == 4
+
+
 def test_pairs_from_arguments_lines_and_fields(capsys, tmp_path, encoder):
     pairs = [("Who wrote it?", "Tolstoy did."), ("Is it long?", "Very.")]
     want = encoder.encode(pairs, pooling="cls").tobytes()
@@ -147,6 +191,17 @@ BAD_INPUTS = {
     "unknown output": (lambda d: ["hello", "-o", d / "out.csv"], "unknown output format .csv"),
     "odd pairs": (lambda d: ["--pair", "a", "b", "c"], "even number"),
     "no model": (lambda d: ["--model", d / "none.h5", "x"], "no such model file"),
+    "id field missing": (lambda d: ["-i", write(d / "k.jsonl", '{"text": "a", "id": 1}\n{"text": "b"}\n'), "--id-field",
+                                    "id"], r"k.jsonl:2: no field 'id' \(it has: 'text'\); choose one with --id-field"),
+    "id not a scalar": (lambda d: ["-i", write(d / "k.jsonl", '{"text": "a", "id": null}\n'), "--id-field", "id"],
+                        "k.jsonl:1: field 'id' is null, not a string or an integer"),
+    "id column missing": (lambda d: ["-i", write(d / "k.csv", "text\nx\n"), "--id-field", "id", "-o", d.parent / "o.h5"],
+                          r"k.csv: no column 'id' in the header \(columns: 'text'\); choose one with --id-field"),
+    "id field of lines": (lambda d: ["-i", write(d / "k.txt", "x\n"), "--id-field", "id"],
+                          "--id-field applies to .jsonl, .csv and .tsv inputs"),
+    "id field of arguments": (lambda d: ["--id-field", "id", "x"], "--id-field and --input-format apply to --input"),
+    "ids into .npy": (lambda d: ["-i", write(d / "k.jsonl", '{"text": "a", "id": 1}\n'), "--id-field", "id"],
+                      r"--id-field needs --output FILE.h5 or FILE.jsonl: a .npy file holds vectors only"),
     "too long": (lambda d: ["--max-seq-length", "600", "x"], "exceeds the model's max_position_embeddings"),
 }
 
