@@ -71,7 +71,8 @@ def add_embed_parser(sub) -> None:
     p.add_argument("--normalize", action="store_true", help="scale each vector to unit L2 norm")
     p.add_argument("-o", "--output", metavar="FILE",
                    help=f"{', '.join(OUTPUT_FORMATS)} (vectors; .h5 and .jsonl also row ids); default: JSON on stdout")
-    p.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (default 32)")
+    p.add_argument("--batch-size", type=int, default=32,
+                   help="at most this many texts per forward pass (default 32); fewer where that pads less")
     p.add_argument("--max-seq-length", type=int, default=None,
                    help="truncate to this many tokens (default: the model's maximum); truncations are reported")
     p.add_argument("--chunk-size", type=int, default=1024,

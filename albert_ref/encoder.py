@@ -1,9 +1,10 @@
 """Text -> one float32 vector per text: the embedding API behind `albert-ref embed`.
 
-Texts are tokenized, sorted by length into batches, each batch trimmed to its longest
-sequence, run, pooled, and put back in input order. On the kernel backends the bit
-contract makes a sequence's outputs independent of the batch it shares and of the padded
-length, so this gives exactly the vectors of running every text alone.
+Texts are tokenized, sorted by length, cut into batches that waste the least compute on
+padding (plan_batches), each batch trimmed to its longest sequence, run, pooled, and put
+back in input order. On the kernel backends the bit contract makes a sequence's outputs
+independent of the batch it shares and of the padded length, so this gives exactly the
+vectors of running every text alone.
 """
 from __future__ import annotations
 
@@ -39,6 +40,37 @@ POOLINGS = tuple(POOLERS)
 # Texts tokenized and length-sorted together: bounds the memory of their padded id arrays
 # while leaving batches nearly as uniform in length as one global sort would.
 SORT_WINDOW = 4096
+
+# What one more batch costs beyond its padded tokens, in token rows: a dense layer runs
+# like one on ~20 more rows, plus each forward pass's fixed cost (measured on xlarge:
+# GEMMs at M = 96 / 320 / 1024 rows run at 426 / 461 / 491 GFLOP/s). 64 keeps every
+# batch at a few hundred rows unless it holds the whole job.
+BATCH_OVERHEAD_ROWS = 64
+
+
+def plan_batches(lengths, batch_size: int, overhead: int = BATCH_OVERHEAD_ROWS) -> list[tuple[int, int]]:
+    """Cut texts sorted longest first (`lengths`, non-increasing) into consecutive batches
+    of at most batch_size: the [start, stop) ranges that minimise the total padded tokens
+    (a batch of n texts costs n * its longest length) plus `overhead` per batch.
+
+    Fixed runs of batch_size pad every text to the longest of its run; where lengths fall
+    steeply (the long tail of a corpus), shorter batches waste far less: on the 300-text
+    benchmark, 8,857 token rows instead of 11,084 for 8,504 real tokens. An exact dynamic
+    program over the sorted order, O(len * batch_size)."""
+    w = np.asarray(lengths, dtype=np.float64)
+    n = len(w)
+    best = np.zeros(n + 1)
+    cut = np.zeros(n + 1, dtype=np.int64)
+    for stop in range(1, n + 1):
+        starts = np.arange(max(0, stop - batch_size), stop)
+        cost = best[starts] + (stop - starts) * w[starts] + overhead
+        k = int(np.argmin(cost))
+        best[stop], cut[stop] = cost[k], starts[k]
+    plan, stop = [], n
+    while stop:
+        plan.append((int(cut[stop]), stop))
+        stop = plan[-1][0]
+    return plan[::-1]
 
 
 def l2_normalize(vectors: np.ndarray) -> np.ndarray:
@@ -92,7 +124,8 @@ class Encoder:
                        max_seq_length: int | None = None,
                        on_progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """encode() without the warning: (vectors, word pieces dropped per text).
-        on_progress(n) is called after each batch with the number of texts it held."""
+        batch_size is the most texts one forward pass holds (plan_batches may choose
+        fewer); on_progress(n) is called after each batch with the number of texts it held."""
         if isinstance(texts, (str, bytes)):
             raise InputError("texts must be a list of texts or pairs; to embed one text, pass [text]")
         if pooling not in POOLERS:
@@ -119,8 +152,8 @@ class Encoder:
             raise type(exc)(f"{exc} (counting from texts[{start}])") from None
         lengths = np.asarray(batch.lengths, dtype=np.int64)
         order = np.argsort(-lengths, kind="stable")  # longest first: peak memory shows at once
-        for first in range(0, len(items), batch_size):
-            rows = order[first:first + batch_size]
+        for first, stop in plan_batches(lengths[order], batch_size):
+            rows = order[first:stop]
             width = int(lengths[rows[0]])
             out = self.model(batch.input_ids[rows, :width], batch.input_mask[rows, :width],
                              batch.segment_ids[rows, :width])

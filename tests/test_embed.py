@@ -1,12 +1,15 @@
 """albert_ref.Encoder: pooling against hand computation from sequence_output, batching
 that changes no bit, input order, pairs, streams, normalization and truncation warnings."""
+import itertools
 import warnings
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import albert_ref
-from albert_ref.encoder import POOLINGS, TruncationWarning
+from albert_ref.encoder import POOLINGS, TruncationWarning, plan_batches
 from albert_ref.weights import DEMO_MODEL
 
 TEXTS = ["hello world", "The quick brown fox jumps over the lazy dog, twice.", "a",
@@ -120,3 +123,32 @@ def test_bad_calls(encoder, call, match):
 
 def test_empty_list(encoder):
     assert encoder.encode([]).shape == (0, encoder.dim)
+
+
+def _cost(lengths, plan, overhead):
+    return sum((stop - start) * lengths[start] + overhead for start, stop in plan)
+
+
+@settings(max_examples=200, deadline=None)
+@given(lengths=st.lists(st.integers(1, 512), min_size=1, max_size=9), batch_size=st.integers(1, 5),
+       overhead=st.sampled_from([0, 3, 64]))
+def test_plan_batches_is_an_optimal_partition(lengths, batch_size, overhead):
+    lengths = sorted(lengths, reverse=True)
+    plan = plan_batches(lengths, batch_size, overhead)
+    # consecutive ranges covering every text once, none larger than batch_size
+    assert [r for start, stop in plan for r in range(start, stop)] == list(range(len(lengths)))
+    assert all(0 < stop - start <= batch_size for start, stop in plan)
+    # no cut into batches of at most batch_size costs less (every composition tried)
+    n = len(lengths)
+    best = min(_cost(lengths, list(zip((0,) + cuts, cuts + (n,))), overhead)
+               for k in range(n) for cuts in itertools.combinations(range(1, n), k)
+               if all(b - a <= batch_size for a, b in zip((0,) + cuts, cuts + (n,))))
+    assert _cost(lengths, plan, overhead) == best
+
+
+def test_plan_batches_splits_a_steep_tail():
+    # 32 texts: one long, the rest short; fixed batches would pad all 32 to 400 tokens
+    lengths = [400] + [20] * 31
+    plan = plan_batches(lengths, 32)
+    assert plan == [(0, 1), (1, 32)]
+    assert plan_batches([20] * 64, 32) == [(0, 32), (32, 64)]   # uniform lengths: full batches
