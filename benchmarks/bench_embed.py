@@ -145,7 +145,7 @@ def hf_label():
 
 
 ENGINES = {
-    "albert-ref": ("albert-ref Encoder (length-sorted, trimmed batches)", albert_ref_sorted),
+    "albert-ref": ("albert-ref Encoder (length-sorted, least-padding batches)", albert_ref_sorted),
     "naive": ("albert-ref naive (input order, padded to the longest)", albert_ref_naive),
     "hf-st": (None, hf_sentence_transformers),
 }
