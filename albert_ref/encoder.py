@@ -55,8 +55,8 @@ def plan_batches(lengths, batch_size: int, overhead: int = BATCH_OVERHEAD_ROWS) 
 
     Fixed runs of batch_size pad every text to the longest of its run; where lengths fall
     steeply (the long tail of a corpus), shorter batches waste far less: on the 300-text
-    benchmark, 9,067 token rows (14 batches) instead of 11,084 for 8,504 real tokens. An exact dynamic
-    program over the sorted order, O(len * batch_size)."""
+    benchmark, 9,067 token rows (14 batches) instead of 11,084 for 8,504 real tokens.
+    An exact dynamic program over the sorted order, O(len * batch_size)."""
     w = np.asarray(lengths, dtype=np.float64)
     n = len(w)
     best = np.zeros(n + 1)
