@@ -42,9 +42,9 @@ POOLINGS = tuple(POOLERS)
 SORT_WINDOW = 4096
 
 # What one more batch costs beyond its padded tokens, in token rows: a dense layer runs
-# like one on ~20 more rows, plus each forward pass's fixed cost (measured on xlarge:
-# GEMMs at M = 96 / 320 / 1024 rows run at 426 / 461 / 491 GFLOP/s). 64 keeps every
-# batch at a few hundred rows unless it holds the whole job.
+# like one on ~20 more rows, plus each forward pass's fixed cost (GEMMs on fewer rows
+# run slower: `benchmarks/bench_gemm.py --M 96`, `--M 320`, `--M 1024`, "reused" column).
+# 64 keeps every batch at a few hundred rows unless it holds the whole job.
 BATCH_OVERHEAD_ROWS = 64
 
 
@@ -55,7 +55,8 @@ def plan_batches(lengths, batch_size: int, overhead: int = BATCH_OVERHEAD_ROWS) 
 
     Fixed runs of batch_size pad every text to the longest of its run; where lengths fall
     steeply (the long tail of a corpus), shorter batches waste far less: on the 300-text
-    benchmark, 9,067 token rows (14 batches) instead of 11,084 for 8,504 real tokens.
+    benchmark (`benchmarks/bench_embed.py --n 300` prints these), 9,067 token rows in 14
+    batches instead of 11,084 for 8,504 real tokens.
     An exact dynamic program over the sorted order, O(len * batch_size)."""
     w = np.asarray(lengths, dtype=np.float64)
     n = len(w)
@@ -71,6 +72,16 @@ def plan_batches(lengths, batch_size: int, overhead: int = BATCH_OVERHEAD_ROWS) 
         plan.append((int(cut[stop]), stop))
         stop = plan[-1][0]
     return plan[::-1]
+
+
+def batches(lengths, batch_size: int):
+    """The forward passes for texts of these token lengths: (row indices, width) per batch,
+    longest first (peak memory shows at once), as plan_batches cuts them."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    order = np.argsort(-lengths, kind="stable")
+    for start, stop in plan_batches(lengths[order], batch_size):
+        rows = order[start:stop]
+        yield rows, int(lengths[rows[0]])
 
 
 def l2_normalize(vectors: np.ndarray) -> np.ndarray:
@@ -151,10 +162,7 @@ class Encoder:
                 raise
             raise type(exc)(f"{exc} (counting from texts[{start}])") from None
         lengths = np.asarray(batch.lengths, dtype=np.int64)
-        order = np.argsort(-lengths, kind="stable")  # longest first: peak memory shows at once
-        for first, stop in plan_batches(lengths[order], batch_size):
-            rows = order[first:stop]
-            width = int(lengths[rows[0]])
+        for rows, width in batches(lengths, batch_size):
             out = self.model(batch.input_ids[rows, :width], batch.input_mask[rows, :width],
                              batch.segment_ids[rows, :width])
             vectors[rows] = POOLERS[pooling](out, lengths[rows])

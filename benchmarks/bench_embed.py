@@ -10,11 +10,13 @@ model (TF-Hub albert_xlarge/2 module card: hidden 2048, 32 heads, 24 layers, int
 
 All three tokenize with the same albert-ref tokenizer (timed) and mean-pool over the real
 tokens. Each engine runs in its own process (one engine's thread pool must not slow the
-next), after a warm-up batch. The texts: sentences of 5 to 120 words (log-normal, median
-18 words) drawn with a fixed seed from the words of weights/demo/corpus.txt, by frequency;
---n takes the first n of the same 1,000. The tokenizer is sentencepiece trained on those
-1,000 (vocab about 2,000), so that a word is about one token, as with ALBERT's 30k vocab
-on English.
+next), after a warm-up batch. The texts: sentences of 5 to 120 words (log-normal around
+18 words; the drawn 1,000 have median 17) drawn with a fixed seed from the words of
+weights/demo/corpus.txt, by frequency; --n takes the first n of the same 1,000. The
+tokenizer is sentencepiece trained on those 1,000 (2,000 pieces asked for; the small
+corpus yields about 730), so that a word is about one token, as with ALBERT's 30k vocab
+on English. The script also prints the token rows the forward passes run: real tokens,
+fixed runs of --batch-size sorted texts, and the Encoder's least-padding batches.
 
     python benchmarks/bench_embed.py                      # the recorded run: 1,000 texts, xlarge
     python benchmarks/bench_embed.py --n 8 --shape demo   # a quick check
@@ -38,6 +40,7 @@ import sentencepiece as spm
 
 import albert_ref
 from albert_ref.config import AlbertConfig
+from albert_ref.encoder import SORT_WINDOW, batches
 from albert_ref.model import Model
 from albert_ref.tokenizer import Tokenizer
 from albert_ref.weights import DEMO_MODEL
@@ -194,6 +197,15 @@ def main():
           f"{tokens.min()}-{tokens.max()} tokens (mean {tokens.mean():.1f}, padded-to-longest {tokens.max()}); "
           f"tokenizer vocab {tokenizer.vocab_size}; {args.shape} shape; {args.threads} threads; "
           f"batch {args.batch_size}; {platform.machine()}")
+    # token rows the forward passes run: fixed runs of batch_size sorted texts vs the Encoder's batches
+    bs, fixed, planned = args.batch_size, 0, []
+    for window in range(0, len(tokens), SORT_WINDOW):
+        lengths = tokens[window:window + SORT_WINDOW]
+        desc = np.sort(lengths)[::-1]
+        fixed += sum(int(desc[i]) * len(desc[i:i + bs]) for i in range(0, len(desc), bs))
+        planned += [len(rows) * width for rows, width in batches(lengths, bs)]
+    print(f"token rows: {tokens.sum()} real; {fixed} in fixed batches of {bs}; {sum(planned)} in the Encoder's "
+          f"{len(planned)} batches (smallest {min(planned)} rows)")
     common = ["--n", str(args.n), "--shape", args.shape, "--threads", str(args.threads),
               "--batch-size", str(args.batch_size), "--max-seq-length", str(args.max_seq_length)]
     results = {}
