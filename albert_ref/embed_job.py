@@ -175,8 +175,12 @@ def run_job(encoder: Encoder, inputs: Inputs, settings: Settings, output: Path, 
                 print(f"albert-ref: stopped after {finished} of {job.rows} texts; they are kept in {job.folder}: "
                       f"run the same command again to resume", file=sys.stderr)
                 raise
-        write_output(output, job.parts("ids", "vectors", "truncated"), job.rows, encoder.dim,
-                     {**job.description, **(meta or {})}, keys=inputs.keys)
-        truncated = np.concatenate([t for t, in job.parts("truncated")])
+        cut = []                                # the truncation counts, kept as the chunks stream past
+
+        def parts():
+            for ids, vectors, truncated in job.parts("ids", "vectors", "truncated"):
+                cut.append(truncated)
+                yield ids, vectors, truncated
+        write_output(output, parts(), job.rows, encoder.dim, {**job.description, **(meta or {})}, keys=inputs.keys)
         job.discard()
-    return truncated
+    return np.concatenate(cut)
