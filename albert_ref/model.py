@@ -1,6 +1,8 @@
 """A loaded model: its file, a backend, and the TF-Hub `tokens` signature as a call."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from albert_ref import forward as fwd
@@ -48,14 +50,17 @@ def load(path, backend: str = "cpu", dtype: str | None = None, threads: int | No
     """Load a model file. backend: "cpu" (fast kernels, the default), "reference" (the
     kernels that define the bits), "cuda" (numba.cuda kernels, the same bits) or "numpy"
     (float64 by default, or dtype="float32")."""
-    return Model(read_model(path, verify=verify), backend, dtype, threads)
+    return Model(read_model(path, verify=verify), backend, dtype, threads, path=path)
 
 
 class Model:
     def __init__(self, model_file: ModelFile, backend: str = "cpu", dtype: str | None = None,
-                 threads: int | None = None):
+                 threads: int | None = None, *, path=None):
         # Only the file's description is kept: the backend's prepared copies replace the
-        # tensors, so holding the originals too would double the memory.
+        # tensors, so holding the originals too would double the memory. `path` names the
+        # file the model was read from (None when built from a ModelFile in memory), so
+        # that the tensors can be read again (albert_ref.testing.Oracle does).
+        self.path = None if path is None else Path(path)
         self.config = model_file.config
         self.digest = model_file.digest
         self.heads = model_file.heads
