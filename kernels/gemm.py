@@ -71,13 +71,7 @@ def dense_ref(x, w, bias, act, out):
     for m in range(M):
         xr = np.ascontiguousarray(x[m])
         for n in range(N):
-            total = _F32(0.0)
-            for k0 in range(0, K, KB):
-                s = _F32(0.0)
-                for k in range(k0, min(K, k0 + KB)):
-                    s = fma(xr[k], wf[k * N + n], s)
-                total = s if k0 == 0 else total + s
-            out[m, n] = activate(total + bias[n], act)
+            out[m, n] = activate(dot_ref(xr, 1, wf[n:], N, K) + bias[n], act)   # column n: wf[n + k*N]
 
 
 # --- fast: the LLVM-IR micro-kernel ------------------------------------------------------------
