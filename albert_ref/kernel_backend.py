@@ -209,7 +209,7 @@ class KernelOps:
         mask = np.ascontiguousarray(input_mask, dtype=np.int64)
         if mask.shape != (B, S):
             raise ValueError(f"input_mask shape {mask.shape} does not match {(B, S)}")
-        scale = np.float32(1.0 / math.sqrt(H // num_heads))
+        scale = _att.attention_scale(H // num_heads)
         out = self._workspace.empty(q.shape)
         if self.fast:
             self._threads()

@@ -15,12 +15,21 @@ result at any position does not depend on padding or on the other sequences.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit, prange
 
 from .fmath import exp32
 from .gemm import MR, NR, dot_ref, gemm_tile
 from .reduce import lane_sum, lane_sum_ref
+
+def attention_scale(d):
+    """NUMERICS.md section 5's score scale for head size d: float32(1/sqrt(d)), computed in
+    float64 and rounded to float32 (0x1p-3 for d = 64). Every backend (reference, cpu,
+    cuda) takes its scale from here."""
+    return np.float32(1.0 / math.sqrt(d))
+
 
 _F32 = np.float32
 

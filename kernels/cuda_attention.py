@@ -31,11 +31,11 @@ s_j - (-0) are equal unless s_j is a zero, and exp32(+0) = exp32(-0) = 1).
 from __future__ import annotations
 
 import functools
-import math
 
 import numpy as np
 from numba import cuda, float32
 
+from .attention import attention_scale
 from .cuda_fmath import add32, div32, exp32, fma32, mul32, sub32
 from .cuda_reduce import fold16
 from .gemm import KB
@@ -181,7 +181,7 @@ def launch_attention(q, k, v, idx, nreal, num_heads, out, wq=WQ, stream=0):
     if 4 * smem_floats(S, d, wq) > DYNAMIC_SMEM_LIMIT:
         raise ValueError(f"attention: sequence length {S} with head size {d} needs more than 48 KiB "
                          f"of shared memory per query row")
-    scale = np.float32(1.0 / math.sqrt(d))          # as kernel_backend.KernelOps.attention
+    scale = attention_scale(d)
     attention_kernel(wq)[(B * num_heads, (S + wq - 1) // wq), 32 * wq, stream, 4 * smem_floats(S, d, wq)](
         q.reshape(B * S * H), k.reshape(B * S * H), v.reshape(B * S * H), idx.reshape(B * S), nreal,
         scale, out.reshape(B * S * H), S, H, d, num_heads)
