@@ -174,3 +174,17 @@ def test_pickle_that_runs_code_leaves_no_file(tmp_path, capsys):
     assert main(["convert", str(src), str(out / "m.h5")]) == 1
     assert "system" in capsys.readouterr().err
     assert not marker.exists() and list(out.iterdir()) == []
+
+
+def test_info_digest_of_a_damaged_file_describes_its_data(hub_h5, tmp_path):
+    from albert_ref.weights.model_file import ModelFile, read_model
+    bad = tmp_path / "bad.h5"
+    shutil.copy(hub_h5, bad)
+    with __import__("h5py").File(bad, "r+") as f:
+        ds = f["weights/bert/pooler/dense/bias"]
+        ds[0] = ds[0] + 1
+    r = cli("info", bad, "--json")
+    assert r.returncode == 1
+    m = read_model(bad, verify=False)
+    as_read = ModelFile(m.config, m.tensors, m.spm_model, m.tokenizer_options, m.provenance)  # no stored checksums
+    assert json.loads(r.stdout)["digest"] == as_read.digest != m.digest

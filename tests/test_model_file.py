@@ -176,3 +176,42 @@ def test_any_bit_flip_is_detected_or_harmless(good_file, model, pos, bit):
     for name, array in model.tensors.items():
         assert np.array_equal(back.tensors[name].view(np.uint32), array.view(np.uint32))
     assert back.spm_model == model.spm_model
+
+
+def _counting_sha256(monkeypatch):
+    from albert_ref.weights import model_file
+    hashed = []
+
+    def counting(data):
+        hashed.append(len(memoryview(data.data if isinstance(data, np.ndarray) else data).cast("B")))
+        return sha256(data)
+    monkeypatch.setattr(model_file, "sha256", counting)
+    return hashed
+
+
+def test_digest_uses_the_stored_checksums_and_never_hashes_twice(tmp_path, model, monkeypatch):
+    fresh = ModelFile(model.config, dict(model.tensors), model.spm_model, model.tokenizer_options, model.provenance)
+    expected = fresh.digest  # hashed from the data: nothing recorded yet
+    path = tmp_path / "m.h5"
+    hashed = _counting_sha256(monkeypatch)
+    write_model(path, fresh)
+    assert len(hashed) == len(model.tensors) + 1  # each tensor and the tokenizer, once
+    assert fresh.checksums == {n: sha256(t) for n, t in model.tensors.items()}
+    hashed.clear()
+    assert fresh.digest == expected and hashed == []  # recorded by write_model
+    unverified = read_model(path, verify=False)
+    assert unverified.checksums == fresh.checksums
+    assert unverified.digest == expected and hashed == []  # verify=False hashes nothing at all
+    verified = read_model(path)
+    assert len(hashed) == len(model.tensors) + 1
+    assert verified.digest == expected and len(hashed) == len(model.tensors) + 1
+
+
+def test_unverified_read_hashes_only_what_has_no_usable_checksum(good_file, model, monkeypatch):
+    _edit(good_file, lambda f: f["weights/" + EMB].attrs.__delitem__("sha256"))
+    with pytest.raises(ModelFileError, match="missing attribute.*sha256"):
+        read_model(good_file)
+    back = read_model(good_file, verify=False)
+    assert EMB not in back.checksums and len(back.checksums) == len(model.tensors) - 1
+    hashed = _counting_sha256(monkeypatch)
+    assert back.digest == model.digest and hashed == [model.tensors[EMB].nbytes]

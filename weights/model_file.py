@@ -30,8 +30,11 @@ class ModelFile:
     spm_model: bytes | None = None
     tokenizer_options: dict = dataclasses.field(default_factory=lambda: dict(TOKENIZER_OPTIONS))
     provenance: dict = dataclasses.field(default_factory=dict)
-    # Verified SHA-256 per tensor, as read from the file; computed on demand otherwise.
+    # SHA-256 per tensor and of the tokenizer bytes, as stored in the file read (checked
+    # against the data unless read with verify=False) or as computed by write_model; the
+    # digest uses them instead of hashing the data again, and hashes whatever is missing.
     checksums: dict | None = dataclasses.field(default=None, repr=False, compare=False)
+    tokenizer_checksum: str | None = dataclasses.field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
         unknown = set(self.tokenizer_options) - set(TOKENIZER_OPTIONS)
@@ -46,9 +49,10 @@ class ModelFile:
     @property
     def digest(self) -> str:
         """SHA-256 identifying the model: config, every tensor and the tokenizer."""
+        known = self.checksums or {}
         doc = {"config": self.config.to_dict(),
-               "tensors": self.checksums or {n: sha256(t) for n, t in self.tensors.items()},
-               "tokenizer": None if self.spm_model is None else sha256(self.spm_model),
+               "tensors": {n: known.get(n) or sha256(t) for n, t in self.tensors.items()},
+               "tokenizer": None if self.spm_model is None else self.tokenizer_checksum or sha256(self.spm_model),
                "tokenizer_options": self.tokenizer_options}
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
@@ -84,9 +88,11 @@ def check_tensors(config: AlbertConfig, tensors: dict[str, np.ndarray], where: s
 
 
 def write_model(path, model: ModelFile) -> None:
-    """Validate `model` and write it to `path` atomically."""
+    """Validate `model` and write it to `path` atomically. The checksums written are
+    recorded on `model` too, so that its digest does not hash the tensors again."""
     path = Path(path)
     check_tensors(model.config, model.tensors)
+    checksums, tokenizer_checksum = {}, None
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs["format"] = FORMAT_NAME
         f.attrs["format_version"] = FORMAT_VERSION
@@ -96,16 +102,18 @@ def write_model(path, model: ModelFile) -> None:
         for name in sorted(model.tensors):
             array = np.ascontiguousarray(model.tensors[name], dtype="<f4")
             ds = weights.create_dataset(name, data=array)
-            ds.attrs["sha256"] = sha256(array)
+            ds.attrs["sha256"] = checksums[name] = sha256(array)
         if model.spm_model is not None:
             tok = f.create_group("tokenizer")
             ds = tok.create_dataset("sentencepiece", data=np.frombuffer(model.spm_model, dtype=np.uint8))
-            ds.attrs["sha256"] = sha256(model.spm_model)
+            ds.attrs["sha256"] = tokenizer_checksum = sha256(model.spm_model)
             tok.attrs["options"] = json.dumps(model.tokenizer_options, sort_keys=True)
+    model.checksums, model.tokenizer_checksum = checksums, tokenizer_checksum
 
 
 def read_model(path, verify: bool = True) -> ModelFile:
-    """Read and validate a model file; `verify=False` skips only the SHA-256 checks."""
+    """Read and validate a model file; `verify=False` skips only the SHA-256 checks (the
+    stored checksums are returned either way: the digest is made from them)."""
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"{path}: no such model file")
@@ -159,27 +167,28 @@ def _read(f: h5py.File, path: Path, verify: bool) -> ModelFile:
     unexpected = sorted(n for n in datasets if not n.startswith("weights/") and n != "tokenizer/sentencepiece")
     if unexpected:
         raise ModelFileError(f"{path}: unexpected object(s): {', '.join(unexpected)}")
-    tensors = {}
+    tensors, checksums = {}, {}
     for name, ds in datasets.items():
         if not name.startswith("weights/"):
             continue
         if ds.dtype != np.dtype("<f4"):
             raise ModelFileError(f"{path}: tensor {name[8:]}: dtype {ds.dtype}, expected little-endian float32")
-        tensors[name[8:]] = _read_dataset(ds, name[8:], path, verify)
+        tensors[name[8:]], checksums[name[8:]] = _read_dataset(ds, name[8:], path, verify)
     check_tensors(config, tensors, f"{path}: ")
 
-    spm_model, options = None, dict(TOKENIZER_OPTIONS)
+    spm_model, spm_checksum, options = None, None, dict(TOKENIZER_OPTIONS)
     if "tokenizer/sentencepiece" in datasets:
         ds = datasets["tokenizer/sentencepiece"]
         if ds.dtype != np.uint8 or ds.ndim != 1:
             raise ModelFileError(f"{path}: tokenizer/sentencepiece must be a 1-D uint8 dataset")
-        spm_model = _read_dataset(ds, "tokenizer/sentencepiece", path, verify).tobytes()
+        spm_model, spm_checksum = _read_dataset(ds, "tokenizer/sentencepiece", path, verify)
+        spm_model = spm_model.tobytes()
         stored = _json_attr(f["tokenizer"], "options", path)
         if not isinstance(stored, dict) or set(stored) != set(options):
             raise ModelFileError(f"{path}: tokenizer options must be a JSON object with {sorted(options)}")
         options = stored
-    checksums = {n: _attr(datasets["weights/" + n], "sha256", path) for n in tensors} if verify else None
-    return ModelFile(config, tensors, spm_model, options, provenance, checksums)
+    checksums = {n: c for n, c in checksums.items() if c is not None}
+    return ModelFile(config, tensors, spm_model, options, provenance, checksums, spm_checksum)
 
 
 def _walk(f: h5py.File, path: Path) -> dict[str, h5py.Dataset]:
@@ -204,14 +213,22 @@ def _walk(f: h5py.File, path: Path) -> dict[str, h5py.Dataset]:
     return found
 
 
-def _read_dataset(ds: h5py.Dataset, name: str, path: Path, verify: bool) -> np.ndarray:
+def _read_dataset(ds: h5py.Dataset, name: str, path: Path, verify: bool) -> tuple[np.ndarray, str | None]:
+    """The data and its stored SHA-256. verify: hash the data and compare (a missing
+    checksum is an error); otherwise a missing or malformed checksum is returned as None."""
     if ds.external or ds.is_virtual:
         raise ModelFileError(f"{path}: {name} uses external storage, which is refused")
     if ds.chunks is not None or ds.compression is not None:
         raise ModelFileError(f"{path}: {name} is chunked or compressed; the format stores contiguous data")
     array = ds[()]
-    if verify:
-        stored = _attr(ds, "sha256", path)
-        if sha256(array) != stored:
-            raise ModelFileError(f"{path}: {name}: SHA-256 mismatch (stored {stored[:16]}..., data {sha256(array)[:16]}...): the file is corrupt")
-    return array
+    if not verify:
+        stored = ds.attrs.get("sha256")
+        if isinstance(stored, bytes):
+            stored = stored.decode("ascii", "replace")
+        is_hex = isinstance(stored, str) and len(stored) == 64 and all(c in "0123456789abcdef" for c in stored)
+        return array, stored if is_hex else None
+    stored = _attr(ds, "sha256", path)
+    actual = sha256(array)
+    if actual != stored:
+        raise ModelFileError(f"{path}: {name}: SHA-256 mismatch (stored {stored[:16]}..., data {actual[:16]}...): the file is corrupt")
+    return array, stored
