@@ -46,15 +46,16 @@ def configs(draw, max_hidden: int = 64, max_heads: int = 8, max_layers: int = 4,
 
 @st.composite
 def input_batches(draw, config: AlbertConfig, max_batch: int = 4, max_seq_len: int | None = None,
-                  padding=PADDING, empty_rows: bool = False):
+                  padding=PADDING, empty_rows: bool = False, min_batch: int = 1):
     """(input_ids, input_mask, segment_ids) int32 [batch, seq] with seq up to
     max_position_embeddings (or max_seq_len). padding "end": each row real then padded;
     "anywhere": any mask. Ids anywhere in the vocab, padded positions included (a
     correct model ignores them). Segments: 0 then 1 at a drawn split of the real
     tokens ("end"), or any token type ("anywhere"). empty_rows: allow rows with no real
-    token (the contract defines them; TF attends to every position there)."""
+    token (the contract defines them; TF attends to every position there). min_batch:
+    the fewest rows (2 for properties that compare a row alone with its batch)."""
     seq = draw(st.integers(1, min(max_seq_len or config.max_position_embeddings, config.max_position_embeddings)))
-    batch = draw(st.integers(1, max_batch))
+    batch = draw(st.integers(min_batch, max(min_batch, max_batch)))
     ids = draw(arrays(np.int32, (batch, seq), elements=st.integers(0, config.vocab_size - 1)))
     mode = draw(st.sampled_from(padding))
     positions = np.arange(seq)
