@@ -61,6 +61,7 @@ def attention_ref(q, k, v, mask, num_heads, scale, out):
         n = idx.shape[0]
         s = np.empty(n, dtype=np.float32)
         w = np.empty(n, dtype=np.float32)
+        col = np.empty(n, dtype=np.float32)
         for h in range(num_heads):
             c0 = h * d
             for i in range(S):
@@ -77,7 +78,6 @@ def attention_ref(q, k, v, mask, num_heads, scale, out):
                     w[j] = w[j] / total
                 for c in range(d):
                     # v column c over the real keys, gathered in order
-                    col = np.empty(n, dtype=np.float32)
                     for j in range(n):
                         col[j] = v[b, idx[j], c0 + c]
                     out[b, i, c0 + c] = dot_ref(w, 1, col, 1, n)
