@@ -73,13 +73,10 @@ def _cmd_tokenize(args):
 def _read_checked(path):
     """The model file and its checksum status: a SHA-256 mismatch is reported, not fatal,
     so that `info` can still describe a damaged file."""
-    from albert_ref.errors import ModelFileError
-    from albert_ref.weights.model_file import read_model
+    from albert_ref.weights.model_file import ChecksumError, read_model
     try:
         m = read_model(path, verify=True)
-    except ModelFileError as exc:
-        if "SHA-256 mismatch" not in str(exc):
-            raise
+    except ChecksumError as exc:
         m = read_model(path, verify=False)
         # The file is damaged: its digest must describe the data it holds, not the
         # checksums it claims, so let the digest hash the data.
@@ -91,11 +88,11 @@ def _read_checked(path):
 def _cmd_info(args):
     from albert_ref.weights.names import num_parameters
     m, checksums = _read_checked(args.model)
-    params = num_parameters(m.config)
+    params, digest = num_parameters(m.config), m.digest
     info = {"file": str(args.model), "config": m.config.to_dict(), "parameters": params,
             "heads": list(m.heads), "tokenizer": None if m.spm_model is None else
             {"bytes": len(m.spm_model), **m.tokenizer_options},
-            "provenance": m.provenance, "digest": m.digest, "checksums": checksums}
+            "provenance": m.provenance, "digest": digest, "checksums": checksums}
     if args.json:
         print(json.dumps(info, indent=2))
     else:
@@ -113,7 +110,7 @@ def _cmd_info(args):
         print("  provenance: " + ", ".join(f"{k} {v if not isinstance(v, dict) else len(v)}"
                                            + (" source file(s)" if isinstance(v, dict) else "")
                                            for k, v in sorted(m.provenance.items())))
-        print(f"  digest: {m.digest}")
+        print(f"  digest: {digest}")
         print(f"  checksums: {checksums}")
     if checksums.startswith("FAILED"):
         raise SystemExit(1)

@@ -215,3 +215,24 @@ def test_unverified_read_hashes_only_what_has_no_usable_checksum(good_file, mode
     assert EMB not in back.checksums and len(back.checksums) == len(model.tensors) - 1
     hashed = _counting_sha256(monkeypatch)
     assert back.digest == model.digest and hashed == [model.tensors[EMB].nbytes]
+
+
+@pytest.mark.parametrize("edit", [
+    lambda f: f["weights/" + EMB].attrs.__setitem__("sha256", "0" * 64),
+    lambda f: f["weights/bert/pooler/dense/bias"].__setitem__(0, 1.5),
+    lambda f: f["tokenizer/sentencepiece"].__setitem__(0, 0),
+])
+def test_checksum_mismatches_raise_checksum_error(good_file, edit):
+    from albert_ref.weights.model_file import ChecksumError
+    _edit(good_file, edit)
+    with pytest.raises(ChecksumError, match="SHA-256 mismatch"):
+        read_model(good_file)
+    read_model(good_file, verify=False)  # everything else about the file is valid
+
+
+def test_other_damage_is_not_a_checksum_error(good_file):
+    from albert_ref.weights.model_file import ChecksumError
+    _edit(good_file, lambda f: f["weights/" + EMB].attrs.__delitem__("sha256"))
+    with pytest.raises(ModelFileError) as info:
+        read_model(good_file)
+    assert not isinstance(info.value, ChecksumError)

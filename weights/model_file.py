@@ -23,6 +23,11 @@ FORMAT_VERSION = 1
 TOKENIZER_OPTIONS = {"flavour": "original", "do_lower_case": True, "keep_accents": False, "remove_space": True}
 
 
+class ChecksumError(ModelFileError):
+    """A tensor's or the tokenizer's data does not match its stored SHA-256: the file is
+    damaged. Everything else about it was valid up to that dataset."""
+
+
 @dataclasses.dataclass
 class ModelFile:
     config: AlbertConfig
@@ -230,5 +235,5 @@ def _read_dataset(ds: h5py.Dataset, name: str, path: Path, verify: bool) -> tupl
     stored = _attr(ds, "sha256", path)
     actual = sha256(array)
     if actual != stored:
-        raise ModelFileError(f"{path}: {name}: SHA-256 mismatch (stored {stored[:16]}..., data {actual[:16]}...): the file is corrupt")
+        raise ChecksumError(f"{path}: {name}: SHA-256 mismatch (stored {stored[:16]}..., data {actual[:16]}...): the file is corrupt")
     return array, stored
