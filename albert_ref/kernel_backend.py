@@ -36,10 +36,6 @@ class PackedKernel:
         self.shape = array.shape
         self.panels = _gemm.pack_b(array)
 
-    @property
-    def nbytes(self):
-        return self.panels.nbytes
-
 
 
 _HEAP_LIMITED = False

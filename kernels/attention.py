@@ -31,9 +31,6 @@ def attention_scale(d):
     return np.float32(1.0 / math.sqrt(d))
 
 
-_F32 = np.float32
-
-
 @njit(cache=True, error_model="numpy")
 def real_key_index(mask_row):
     n = 0

@@ -31,7 +31,7 @@ import functools
 import numpy as np
 from numba import cuda, float32
 
-from .cuda_fmath import SHARED_ALIGN, SIM, add32, fma32, make_activation
+from .cuda_fmath import SHARED_ALIGN, add32, fma32, make_activation
 from .gemm import ACT_CODES, KB
 
 _ACT_NAMES = {code: name for name, code in ACT_CODES.items() if name is not None}   # 0 -> "linear"
@@ -214,5 +214,5 @@ def make_copy_rows_kernel():
 copy_rows_kernel = cuda.jit(make_copy_rows_kernel())
 
 
-__all__ = ["DEFAULT_TILE", "SIM", "copy_rows_kernel", "dense_grid", "dense_kernel", "launch_dense", "make_copy_rows_kernel",
+__all__ = ["DEFAULT_TILE", "copy_rows_kernel", "dense_grid", "dense_kernel", "launch_dense", "make_copy_rows_kernel",
            "make_dense_kernel", "tile_smem_bytes"]

@@ -13,9 +13,6 @@ from numba import njit
 
 from .fmath import fma
 
-_F32 = np.float32
-
-
 @njit(cache=True, inline="always", error_model="numpy")
 def fold16(lanes):
     for w in (8, 4, 2, 1):
