@@ -236,3 +236,15 @@ def test_other_damage_is_not_a_checksum_error(good_file):
     with pytest.raises(ModelFileError) as info:
         read_model(good_file)
     assert not isinstance(info.value, ChecksumError)
+
+
+def test_file_sha256_hashes_the_whole_file(tmp_path):
+    import hashlib
+    from albert_ref.weights.model_file import file_sha256
+    for size in (0, 5, (1 << 24) + 3):  # empty, one block, across a block boundary
+        path = tmp_path / f"f{size}"
+        data = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8).tobytes()
+        path.write_bytes(data)
+        assert file_sha256(path) == hashlib.sha256(data).hexdigest()
+    with pytest.raises(OSError):
+        file_sha256(tmp_path / "missing")

@@ -2,7 +2,6 @@
 directory) and write one albert-ref model file."""
 from __future__ import annotations
 
-import hashlib
 import re
 import tarfile
 import tempfile
@@ -12,7 +11,7 @@ import numpy as np
 
 from albert_ref.config import AlbertConfig
 from albert_ref.errors import ConversionError, ModelFileError
-from albert_ref.weights.model_file import ModelFile, write_model
+from albert_ref.weights.model_file import ModelFile, file_sha256, write_model
 
 # Training state a pretraining checkpoint may carry next to the weights.
 _TRAINING_STATE = re.compile(r"(^global_step$|/adam_[mv]$|/Adam(_1)?$|/Momentum$|/lamb_[mv]$)")
@@ -22,14 +21,6 @@ _TOKENIZER_NAMES = ("30k-clean.model", "spiece.model")
 def converter_version() -> str:
     from albert_ref import __version__
     return f"albert-ref {__version__}"
-
-
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def detect(src: Path) -> str:
@@ -111,9 +102,9 @@ def _from_tf(src: Path, kind: str, config_path, spm_path, do_lower_case, archive
     files = [Path(f"{prefix}.index"), *sorted(prefix.parent.glob(f"{prefix.name}.data-*")), config_file]
     if spm_file:
         files.append(spm_file)
-    sources = {f.name: file_digest(f) for f in files}
+    sources = {f.name: file_sha256(f) for f in files}
     if archive is not None:
-        sources = {archive.name: file_digest(archive), **sources}
+        sources = {archive.name: file_sha256(archive), **sources}
     provenance = {"source_format": kind, "sources": sources, "converter": converter_version()}
     spm = spm_file.read_bytes() if spm_file else None
     options = {"flavour": "original", "do_lower_case": bool(do_lower_case), "keep_accents": False, "remove_space": True}

@@ -11,7 +11,6 @@ can never silently drop weights.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from safetensors import SafetensorError, safe_open
 from albert_ref.config import AlbertConfig
 from albert_ref.errors import ConfigError, ConversionError
 
+from .model_file import file_sha256, sha256
 from .names import EMB, MAPPING, MLM, POOLER, SOP, block_prefix, encoder_shapes, head_shapes
 from .torch_pickle import bfloat16_to_float32, load_torch_state_dict
 
@@ -91,7 +91,7 @@ def _read_file(path: Path, sources: dict[str, str]) -> bytes:
         data = path.read_bytes()
     except OSError as exc:
         raise ConversionError(f"cannot read {path}: {exc}") from None
-    sources[path.name] = hashlib.sha256(data).hexdigest()
+    sources[path.name] = sha256(data)
     return data
 
 
@@ -103,14 +103,10 @@ def _read_json(path: Path, sources: dict[str, str]):
 
 
 def _hash_file(path: Path, sources: dict[str, str]) -> None:
-    digest = hashlib.sha256()
     try:
-        with path.open("rb") as f:
-            while chunk := f.read(1 << 24):
-                digest.update(chunk)
+        sources[path.name] = file_sha256(path)
     except OSError as exc:
         raise ConversionError(f"cannot read {path}: {exc}") from None
-    sources[path.name] = digest.hexdigest()
 
 
 def _tokenizer_options(path: Path, sources: dict[str, str]) -> dict[str, bool]:

@@ -68,6 +68,16 @@ def sha256(data) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def file_sha256(path) -> str:
+    """Hex SHA-256 of a file's bytes, read in blocks (source checkpoints can be GBs).
+    OSError propagates: callers name the file in their own error type."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 24), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def check_tensors(config: AlbertConfig, tensors: dict[str, np.ndarray], where: str = "") -> None:
     """Names, shapes, dtype and finiteness of a model's tensors against its config."""
     expected = encoder_shapes(config)
