@@ -11,9 +11,10 @@ SVML), whose bits vary between machines.
 The functions are branch-free (selects only) so that loops calling them vectorise; they
 are `inline="always"` so that the vectoriser sees through them.
 
-Coefficients: fitted by kernels/fit_coefficients.py (Lawson-weighted least squares in
-float64, rounded to float32); maximum errors measured by benchmarks/ulp_sweep.py, recorded
-in NUMERICS.md.
+Coefficients: fitted offline (Lawson-weighted least squares in float64, rounded to
+float32; the fitting script is not part of this repository). The float32 values written
+here are normative as they stand (NUMERICS.md section 7 lists them); their maximum errors
+are measured by benchmarks/ulp_sweep.py and recorded in NUMERICS.md.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The contract's non-dot reductions (NUMERICS.md, "Sums"): the 16-lane sum.
+"""The contract's non-dot reductions (NUMERICS.md, "The lane sum"): the 16-lane sum.
 
 lane_sum(v[0..n)): 16 float32 lanes start at +0.0; element i is added to lane i % 16
 (ascending i, plain IEEE adds; `lane_sum_sq` uses fma(d, d, lane) instead); then lanes
