@@ -87,7 +87,6 @@ class _BufferPool:
         self._free: dict[int, list] = {}
         self._live: dict[int, object] = {}
         self._keys = itertools.count()
-        self.allocated_bytes = 0
 
     def empty(self, shape, dtype=np.float32):
         from numba.cuda.cudadrv.devicearray import DeviceNDArray
@@ -96,11 +95,7 @@ class _BufferPool:
         size = int(np.prod(shape)) * dtype.itemsize
         cls = size_class(size)
         free = self._free.get(cls)
-        if free:
-            base = free.pop()
-        else:
-            base = self._ctx.memalloc(cls)
-            self.allocated_bytes += cls
+        base = free.pop() if free else self._ctx.memalloc(cls)
         key = next(self._keys)
         mem = self._driver.AutoFreePointer(self._ctx, base.device_pointer, cls,
                                            finalizer=functools.partial(self._release, key, cls, base))
@@ -115,23 +110,17 @@ class _BufferPool:
         self._live.pop(key, None)
         self._free.setdefault(cls, []).append(base)
 
-    def trim(self):
-        """Free every pooled buffer not in use."""
-        for bases in self._free.values():
-            self.allocated_bytes -= sum(b.size for b in bases)
-        self._free.clear()
-
 
 class CudaOps:
     """Ops over the CUDA kernels: backend "cuda".
 
     dense_tile, attention_rows, layer_norm_rows: kernel tilings (speed only; the bits are
-    the same for every choice). pool=False allocates every activation afresh."""
+    the same for every choice)."""
 
     name = "cuda"
     dtype = np.dtype(np.float32)
 
-    def __init__(self, dense_tile=None, attention_rows=None, layer_norm_rows=None, pool=True, threads=None):
+    def __init__(self, dense_tile=None, attention_rows=None, layer_norm_rows=None, threads=None):
         self._cuda = cuda = _require_cuda()
         from albert_ref.kernels import cuda_attention, cuda_embed, cuda_fmath, cuda_gemm, cuda_layernorm
         self._k_att, self._k_emb, self._k_gemm, self._k_ln = cuda_attention, cuda_embed, cuda_gemm, cuda_layernorm
@@ -140,12 +129,9 @@ class CudaOps:
         self.attention_rows = int(attention_rows or cuda_attention.WQ)
         self.layer_norm_rows = int(layer_norm_rows or cuda_layernorm.ROWS)
         cuda_gemm.make_dense_kernel(0, self.dense_tile)     # validates the tiling now
-        self._pool = _BufferPool(cuda) if pool and not self.simulator else None
+        self._pool = None if self.simulator else _BufferPool(cuda)
         self._mask_key = None
         self._mask_dev = None
-        self.device_name = "CUDA simulator" if self.simulator else cuda.get_current_device().name
-        if isinstance(self.device_name, bytes):
-            self.device_name = self.device_name.decode()
 
     # -- memory -----------------------------------------------------------------------------
     def workspace(self):
@@ -179,9 +165,6 @@ class CudaOps:
         if total:
             self._k_gemm.copy_rows_kernel[(total + 255) // 256, 256](a, out)
         return out
-
-    def to_host(self, a):
-        return a.copy_to_host() if _on_device(a) else np.asarray(a)
 
     # -- parameters ---------------------------------------------------------------------------
     def prepare(self, name, array):
@@ -244,6 +227,3 @@ class CudaOps:
         out = self._empty((B, S, H))
         self._k_att.launch_attention(q, k, v, idx, nreal, num_heads, out, wq=self.attention_rows)
         return out
-
-    def synchronize(self):
-        self._cuda.synchronize()
