@@ -13,7 +13,7 @@ through the pytest11 entry point. Nothing here imports hypothesis or pytest.
 from albert_ref.testing.compare import Report, assert_close, assert_equal_bits, compare, ulp_distance
 from albert_ref.testing.fixtures import write_fixtures
 from albert_ref.testing.golden import CONTRACT_VERSION, GoldenReport, check_golden, make_golden
-from albert_ref.testing.oracle import Oracle, reference
+from albert_ref.testing.oracle import Oracle, OracleError, reference
 
-__all__ = ["CONTRACT_VERSION", "GoldenReport", "Oracle", "Report", "assert_close", "assert_equal_bits",
+__all__ = ["CONTRACT_VERSION", "GoldenReport", "Oracle", "OracleError", "Report", "assert_close", "assert_equal_bits",
            "check_golden", "compare", "make_golden", "reference", "ulp_distance", "write_fixtures"]

@@ -23,7 +23,7 @@ from albert_ref import forward as fwd
 from albert_ref.errors import AlbertRefError
 from albert_ref.testing.golden import CANONICAL, CONTRACT_VERSION, digest
 from albert_ref.testing.inputs import INPUT_NAMES, example_inputs
-from albert_ref.testing.oracle import Oracle
+from albert_ref.testing.oracle import Oracle, as_oracle
 
 FORMAT = "albert-ref-fixtures"
 FORMAT_VERSION = 1
@@ -130,7 +130,7 @@ def write_fixtures(model, outdir, input_ids=None, input_mask=None, segment_ids=N
     batch (example_inputs). precision "float32" records the bit contract; "float64" the
     NumPy reference, for ports that compare with a tolerance.
     """
-    oracle = model if isinstance(model, Oracle) else Oracle(model)
+    oracle = as_oracle(model)
     if input_ids is None:
         input_ids, input_mask, segment_ids = example_inputs(oracle.config)
     inputs = dict(zip(INPUT_NAMES, oracle.model(precision).check_inputs(input_ids, input_mask, segment_ids)))

@@ -20,7 +20,7 @@ from albert_ref.errors import AlbertRefError
 from albert_ref.kernels import CONTRACT_VERSION
 from albert_ref.testing.inputs import INPUT_NAMES
 from albert_ref.testing.layout import real_positions
-from albert_ref.testing.oracle import Oracle
+from albert_ref.testing.oracle import Oracle, as_oracle
 from albert_ref.weights import DEMO_MODEL
 
 FORMAT = "albert-ref-golden"
@@ -68,9 +68,9 @@ def flat_outputs(outputs) -> dict[str, np.ndarray]:
 def make_golden(model, input_ids, input_mask=None, segment_ids=None, *, heads=None) -> dict:
     """The golden document (JSON-ready) of the model's float32 contract outputs, every
     layer's hidden states and the named pretraining heads (default: all the file has)."""
-    oracle = model if isinstance(model, Oracle) else Oracle(model)
+    oracle = as_oracle(model)
     inputs = oracle.model("float32").check_inputs(input_ids, input_mask, segment_ids)
-    heads = oracle.file.heads if heads is None else tuple(heads)
+    heads = oracle.heads if heads is None else tuple(heads)
     outputs = flat_outputs(oracle(*inputs, hidden_states=True, heads=heads))
     return {
         "format": FORMAT,
