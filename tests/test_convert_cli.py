@@ -55,6 +55,19 @@ def test_run_bad_inputs_leave_no_output(hub_h5, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.npz", "in.npz"]  # no output, no temporary
 
 
+def test_run_failing_mid_write_leaves_nothing(hub_h5, tmp_path, monkeypatch):
+    # the failure comes after the output has been opened and written to
+    shutil.copy(HUB / "inputs.npz", tmp_path / "in.npz")
+
+    def disk_full(fd):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr("albert_ref.atomic.os.fsync", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        main(["run", str(hub_h5), "--inputs", str(tmp_path / "in.npz"), "--output", str(tmp_path / "out.npz"),
+              "--backend", "numpy"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.npz"]
+
+
 def test_tokenize_json(hub_h5):
     r = cli("tokenize", hub_h5, "Hello, world", "--json")
     assert r.returncode == 0, r.stderr

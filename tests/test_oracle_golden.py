@@ -85,3 +85,15 @@ def test_golden_file_is_written_whole_or_not_at_all(tmp_path):
     np.savez(tmp_path / "bad.npz", input_ids=np.full((1, 4), 10 ** 6))
     assert main(["golden", str(DEMO_MODEL), "--inputs", str(tmp_path / "bad.npz"), "-o", str(out)]) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.npz"]
+
+
+def test_golden_failing_mid_write_leaves_nothing(tmp_path, monkeypatch):
+    # the failure comes after the golden file has been opened and written to
+    np.savez(tmp_path / "in.npz", input_ids=np.array([[2, 5, 7, 3]]))
+
+    def disk_full(fd):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr("albert_ref.atomic.os.fsync", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        main(["golden", str(DEMO_MODEL), "--inputs", str(tmp_path / "in.npz"), "-o", str(tmp_path / "g.json")])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.npz"]
