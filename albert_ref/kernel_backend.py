@@ -68,7 +68,8 @@ class Workspace:
     """Activation buffers recycled within a forward pass (`with ops.workspace():`).
 
     Every op's result is a fresh multi-MB array; a freshly mapped one costs a page fault
-    per 4 KiB on first touch (~6% of an xlarge FFN GEMM). Inside a scope, results are
+    per 4 KiB on first touch (8% of the xlarge FFN's first GEMM: the "reused" column
+    of benchmarks/bench_gemm.py). Inside a scope, results are
     carved from pooled anonymous mappings instead: each handed-out array is the one
     owner of its views (its base is the mapping, not an ndarray, so numpy's views stop
     at it), and a finalizer returns the mapping to the pool when the last view is gone.
