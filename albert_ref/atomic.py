@@ -1,8 +1,9 @@
-"""Write a file so that readers see either nothing or the whole of it."""
+"""Write a file (or a directory) so that readers see either nothing or the whole of it."""
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -37,3 +38,19 @@ def atomic_output(path, mode="wb"):
     """Like atomic_path, but yield an open file object."""
     with atomic_path(path) as tmp, open(tmp, mode) as fh:
         yield fh
+
+
+@contextlib.contextmanager
+def atomic_directory(path):
+    """Like atomic_path, for a directory: yield a temporary directory beside `path`, renamed
+    to it with ordinary permissions on success (an existing empty directory is replaced),
+    deleted with its contents on any failure."""
+    path = Path(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

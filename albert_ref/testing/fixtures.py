@@ -9,17 +9,15 @@ TF variable of the op that made it, under the layer that ran it
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from albert_ref import forward as fwd
+from albert_ref.atomic import atomic_directory
 from albert_ref.errors import AlbertRefError
 from albert_ref.testing.golden import CANONICAL, CONTRACT_VERSION, digest
 from albert_ref.testing.inputs import INPUT_NAMES, example_inputs
@@ -90,25 +88,11 @@ def record_activations(oracle: Oracle, input_ids, input_mask, segment_ids, preci
     return recorder.records, outputs
 
 
-@contextlib.contextmanager
-def atomic_dir(path):
-    """Yield a temporary directory beside `path`, renamed to it on success (so `path` is
-    never seen half-written) and deleted on any failure. `path` must not exist, or be empty."""
-    path = Path(path)
+def _check_destination(path: Path) -> None:
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise FixturesError(f"{path} exists and is not an empty directory")
     if not path.parent.is_dir():
         raise FixturesError(f"{path.parent} is not a directory")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
-        yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _save(root: Path, relative: str, array: np.ndarray, mask) -> dict:
@@ -130,6 +114,8 @@ def write_fixtures(model, outdir, input_ids=None, input_mask=None, segment_ids=N
     batch (example_inputs). precision "float32" records the bit contract; "float64" the
     NumPy reference, for ports that compare with a tolerance.
     """
+    outdir = Path(outdir)
+    _check_destination(outdir)
     oracle = as_oracle(model)
     if input_ids is None:
         input_ids, input_mask, segment_ids = example_inputs(oracle.config)
@@ -139,7 +125,7 @@ def write_fixtures(model, outdir, input_ids=None, input_mask=None, segment_ids=N
     manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "contract_version": CONTRACT_VERSION,
                 "precision": precision, "model": {"digest": oracle.digest, "config": oracle.config.to_dict()},
                 "canonical": CANONICAL}
-    with atomic_dir(outdir) as root:
+    with atomic_directory(outdir) as root:
         manifest["inputs"] = {name: _save(root, f"inputs/{name}", a, None) for name, a in inputs.items()}
         manifest["activations"] = [{**{k: v for k, v in r.items() if k != "array" and v is not None},
                                     **_save(root, f"activations/{r['name']}", r["array"], mask)} for r in records]
