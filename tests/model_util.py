@@ -36,3 +36,22 @@ def random_inputs(config: AlbertConfig, lengths, seq_len=None, seed=0):
         segs[b, n // 2:n] = 1 if config.type_vocab_size > 1 else 0
     ids = np.where(mask == 1, ids, 0).astype(np.int32)
     return ids, mask, segs
+
+
+def bits(a):
+    """float32 bit patterns, for exact comparisons (-0.0 != +0.0, NaN payloads compared)."""
+    return np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
+
+
+def assert_bits_equal(got, want, what=""):
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.shape == want.shape, (what, got.shape, want.shape)
+    diff = bits(got) != bits(want)
+    if diff.any():
+        at = tuple(np.argwhere(diff)[0])
+        raise AssertionError(f"{what}: {diff.sum()} of {diff.size} differ; first at {at}: "
+                             f"{got[at]!r} vs reference {want[at]!r}")
+
+
+def randn(rng, *shape, scale=1.0):
+    return (scale * rng.standard_normal(shape)).astype(np.float32)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from model_util import TINY_VARIANTS
+from model_util import TINY_VARIANTS, assert_bits_equal, bits, randn
 
 if importlib.util.find_spec("numba_cuda") is None:
     pytest.skip("numba-cuda is not installed (pip install 'albert-ref[cuda]')", allow_module_level=True)
@@ -70,24 +70,6 @@ needs_device = pytest.mark.skipif(MODE is None, reason="no CUDA GPU here; these 
                                                        "(test_under_simulator)")
 
 # --- helpers ---------------------------------------------------------------------------------------
-
-
-def bits(a):
-    return np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
-
-
-def assert_bits_equal(got, want, what=""):
-    got, want = np.asarray(got), np.asarray(want)
-    assert got.shape == want.shape, (what, got.shape, want.shape)
-    diff = bits(got) != bits(want)
-    if diff.any():
-        at = tuple(np.argwhere(diff)[0])
-        raise AssertionError(f"{what}: {diff.sum()} of {diff.size} differ; first at {at}: "
-                             f"{got[at]!r} vs reference {want[at]!r}")
-
-
-def randn(rng, *shape, scale=1.0):
-    return (scale * rng.standard_normal(shape)).astype(np.float32)
 
 
 @pytest.fixture(scope="module")

@@ -19,26 +19,12 @@ from albert_ref.kernels import fmath
 from albert_ref.kernels import gemm
 from albert_ref.kernels import layernorm as ln
 from albert_ref.kernels import reduce as red
+from model_util import assert_bits_equal, bits, randn
 
 SIZES = st.sampled_from([1, 2, 7, 13, 16, 33, 129])
 KSIZES = st.sampled_from([1, 7, 13, 64, 127, 128, 129, 256, 513])
 ACTS = st.sampled_from([None, "gelu_tanh", "gelu_erf", "relu", "tanh"])
 FAST = settings(max_examples=12, deadline=None)
-
-
-def bits(a):
-    return np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
-
-
-def assert_bits_equal(a, b):
-    a, b = np.asarray(a), np.asarray(b)
-    assert a.shape == b.shape
-    diff = bits(a) != bits(b)
-    assert not diff.any(), f"{diff.sum()} of {diff.size} differ; first at {np.argwhere(diff)[0]}"
-
-
-def randn(rng, *shape, scale=1.0):
-    return (scale * rng.standard_normal(shape)).astype(np.float32)
 
 
 # --- portable math ----------------------------------------------------------------------------
