@@ -8,7 +8,7 @@ References: math.exp / tanh / erf / erfc in float64 (each < 1 float64 ulp, i.e. 
 for this purpose); GELU tanh form x / (1 + exp(-2u)), u = sqrt(2/pi)(x + 0.044715x^3),
 and erf form 0.5 x erfc(-x/sqrt2), both evaluated in float64.
 
-    python benchmarks/ulp_sweep.py            # exhaustive, ~1-2 minutes on 2 cores
+    python benchmarks/ulp_sweep.py            # exhaustive, about 4-5 minutes on 2 cores
     python benchmarks/ulp_sweep.py --stride 97
 """
 from __future__ import annotations
