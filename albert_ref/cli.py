@@ -8,6 +8,7 @@ import sys
 import numpy as np
 
 from albert_ref.errors import AlbertRefError
+from albert_ref.model import BACKENDS
 from albert_ref.weights import DEMO_MODEL
 
 
@@ -125,7 +126,7 @@ def _cmd_verify(args):
 
 
 def add_backend_options(p):
-    p.add_argument("--backend", default="cpu", choices=("cpu", "reference", "numpy", "cuda"))
+    p.add_argument("--backend", default="cpu", choices=BACKENDS)
     p.add_argument("--dtype", default=None, choices=("float32", "float64"),
                    help="numpy backend only (default float64); kernel backends are float32")
     p.add_argument("--threads", type=int, default=None, help="compute threads (default: NUMBA_NUM_THREADS or all cores)")

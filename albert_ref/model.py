@@ -16,21 +16,18 @@ BACKENDS = ("cpu", "reference", "numpy", "cuda")
 
 def make_ops(backend: str, dtype: str | None, threads: int | None):
     """The ops object for a backend name. Kernel backends are float32 only."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend == "numpy":
         return NumpyOps(dtype or "float64")
-    if backend in ("cpu", "reference"):
-        if dtype not in (None, "float32"):
-            raise ValueError(f"backend {backend!r} computes in float32 only (got dtype={dtype!r}); "
-                             f"use backend='numpy' for float64")
-        from albert_ref.kernel_backend import KernelOps
-        return KernelOps(fast=backend == "cpu", threads=threads)
+    if dtype not in (None, "float32"):
+        raise ValueError(f"backend {backend!r} computes in float32 only (got dtype={dtype!r}); "
+                         f"use backend='numpy' for float64")
     if backend == "cuda":
-        if dtype not in (None, "float32"):
-            raise ValueError(f"backend 'cuda' computes in float32 only (got dtype={dtype!r}); "
-                             f"use backend='numpy' for float64")
         from albert_ref.cuda_backend import CudaOps
         return CudaOps()
-    raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    from albert_ref.kernel_backend import KernelOps
+    return KernelOps(fast=backend == "cpu", threads=threads)
 
 
 def tokenizer_of(model_file: ModelFile):
