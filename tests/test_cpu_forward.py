@@ -89,18 +89,29 @@ def _cached_params(config):
     return _PARAMS[config]
 
 
-def test_accuracy_against_float64_at_least_numpy_float32(cpu):
-    """Blocked FMA dot products keep the kernels at least as close to float64 as BLAS."""
+def test_accuracy_against_float64(cpu):
+    """Blocked FMA dot products keep the kernels at least as close to float64 as BLAS.
+
+    Two properties, each machine-independent: (1) the cpu backend's RMS error, in units of
+    float32 roundoff of the output's RMS, is within a fixed budget: its bits are the same
+    on every machine, so this figure is too (measured 8.9u-12.7u over these seeds); (2)
+    pooled over three models, it is no larger than NumPy float32's (OpenBLAS, whose
+    summation order and so error differ between machines: 1.2-1.5x ours on a Zen 4, seed by
+    seed; one seed alone is too noisy a comparison)."""
     from albert_ref.config import AlbertConfig
     config = AlbertConfig(vocab_size=300, embedding_size=64, hidden_size=512, num_hidden_layers=3,
                           num_attention_heads=8, intermediate_size=2048, max_position_embeddings=64)
-    raw = full_params(config, seed=7)
-    ids, mask, segs = random_inputs(config, [64, 40], seed=8)
-    want = run(NumpyOps("float64"), raw, config, ids, mask, segs)
-    ours = run(cpu, raw, config, ids, mask, segs)
-    blas = run(NumpyOps("float32"), raw, config, ids, mask, segs)
-    for key in ("sequence_output", "mlm_logits"):
+    squares = {"ours": 0.0, "blas": 0.0}
+    for seed in (7, 8, 9):
+        raw = full_params(config, seed=seed)
+        ids, mask, segs = random_inputs(config, [64, 40], seed=seed + 1)
         real = mask.astype(bool)
-        err = lambda out: np.sqrt(np.mean((out[key][real] - want[key][real]) ** 2))
-        assert err(ours) <= err(blas), (key, err(ours), err(blas))
-        assert np.abs(ours[key][real] - want[key][real]).max() < 1e-3
+        want = run(NumpyOps("float64"), raw, config, ids, mask, segs)
+        got = {"ours": run(cpu, raw, config, ids, mask, segs), "blas": run(NumpyOps("float32"), raw, config, ids, mask, segs)}
+        for key in ("sequence_output", "mlm_logits"):
+            ref = want[key][real]
+            unit = 2.0 ** -24 * np.sqrt(np.mean(ref ** 2))
+            for name, out in got.items():
+                squares[name] += np.mean(((out[key][real] - ref) / unit) ** 2)
+            assert np.sqrt(np.mean((got["ours"][key][real] - ref) ** 2)) <= 16 * unit, (seed, key)
+    assert squares["ours"] <= squares["blas"], squares
