@@ -120,7 +120,7 @@ def run_embed(args) -> None:
 
 
 def _model_and_texts(args) -> tuple[str | None, list[str]]:
-    """The issue's `embed MODEL.h5 TEXT ...` form: without --model, a first TEXT naming an
+    """The `embed MODEL.h5 TEXT ...` shorthand: without --model, a first TEXT naming an
     existing .h5 file is the model."""
     texts = list(args.texts)
     if args.model is None and texts and texts[0].lower().endswith(".h5") and Path(texts[0]).is_file():

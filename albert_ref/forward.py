@@ -4,6 +4,9 @@ Every backend (float64/float32 NumPy, the reference kernels, the fast CPU kernel
 supplies the same handful of ops; this module only says how they compose, in the order
 google-research/albert modeling.py computes them. `params` maps TF variable names to
 whatever the backend prepared from them (e.g. packed GEMM panels).
+
+Shapes in the comments: B batch, S (padded) sequence length, E embedding_size, H
+hidden_size, I intermediate_size, V vocab_size; dense kernels are [in, out], as TF stores them.
 """
 from __future__ import annotations
 
@@ -35,12 +38,12 @@ def is_dense_kernel(name: str) -> bool:
 
 def embeddings(ops, params, config: AlbertConfig, input_ids, segment_ids):
     """(word + token type) + position embeddings, LayerNorm, then projection to hidden size."""
-    x = ops.embed(input_ids, segment_ids, params[EMB + "word_embeddings"],
+    x = ops.embed(input_ids, segment_ids, params[EMB + "word_embeddings"],  # [B, S] ids -> [B, S, E]
                   params[EMB + "token_type_embeddings"], params[EMB + "position_embeddings"])
     x = ops.layer_norm(x, None, params[EMB + "LayerNorm/gamma"], params[EMB + "LayerNorm/beta"],
-                       config.layer_norm_eps)
+                       config.layer_norm_eps)  # [B, S, E] -> [B, S, E]
     if config.project_embeddings:
-        x = ops.dense(x, params[MAPPING + "kernel"], params[MAPPING + "bias"])
+        x = ops.dense(x, params[MAPPING + "kernel"], params[MAPPING + "bias"])  # [B, S, E] -> [B, S, H]
     return x
 
 
@@ -48,29 +51,30 @@ def self_attention(ops, params, prefix: str, config: AlbertConfig, x, input_mask
     """Multi-head scaled dot-product attention over the real keys, then the output projection."""
     p = prefix + "attention_1/"
     q, k, v = (ops.dense(x, params[f"{p}self/{n}/kernel"], params[f"{p}self/{n}/bias"])
-               for n in ("query", "key", "value"))
-    context = ops.attention(q, k, v, input_mask, config.num_attention_heads)
+               for n in ("query", "key", "value"))  # [B, S, H] -> 3 x [B, S, H]
+    context = ops.attention(q, k, v, input_mask, config.num_attention_heads)  # -> [B, S, H], heads side by side
     del q, k, v  # dead: a backend may reuse their memory for the output projection
-    return ops.dense(context, params[p + "output/dense/kernel"], params[p + "output/dense/bias"])
+    return ops.dense(context, params[p + "output/dense/kernel"], params[p + "output/dense/bias"])  # [B, S, H]
 
 
 def feed_forward(ops, params, prefix: str, config: AlbertConfig, x):
     p = prefix + "ffn_1/intermediate/"
-    h = ops.dense(x, params[p + "dense/kernel"], params[p + "dense/bias"], config.hidden_act)
-    return ops.dense(h, params[p + "output/dense/kernel"], params[p + "output/dense/bias"])
+    h = ops.dense(x, params[p + "dense/kernel"], params[p + "dense/bias"], config.hidden_act)  # [B, S, H] -> [B, S, I]
+    return ops.dense(h, params[p + "output/dense/kernel"], params[p + "output/dense/bias"])  # [B, S, I] -> [B, S, H]
 
 
 def transformer_block(ops, params, prefix: str, config: AlbertConfig, x, input_mask):
     """One attention + FFN block with post-residual LayerNorms."""
-    eps = config.layer_norm_eps
+    eps = config.layer_norm_eps  # every tensor here is [B, S, H]
     a = ops.layer_norm(self_attention(ops, params, prefix, config, x, input_mask), x,
                        params[prefix + "LayerNorm/gamma"], params[prefix + "LayerNorm/beta"], eps)
     f = feed_forward(ops, params, prefix, config, a)
     return ops.layer_norm(f, a, params[prefix + "LayerNorm_1/gamma"], params[prefix + "LayerNorm_1/beta"], eps)
 
 
-def encoder(ops, params, config: AlbertConfig, x, input_mask, keep_hidden_states=False):
-    """num_hidden_layers layers; layer i runs group int(i / L * G)'s inner_group_num blocks."""
+def transformer_stack(ops, params, config: AlbertConfig, x, input_mask, keep_hidden_states=False):
+    """num_hidden_layers layers; layer i runs group int(i / L * G)'s inner_group_num blocks.
+    [B, S, H] -> [B, S, H] (and, if kept, the L + 1 hidden states, the input first)."""
     hidden_states = [x] if keep_hidden_states else None
     for layer in range(config.num_hidden_layers):
         group = config.group_of_layer(layer)
@@ -82,20 +86,21 @@ def encoder(ops, params, config: AlbertConfig, x, input_mask, keep_hidden_states
 
 
 def pooler(ops, params, sequence_output):
-    """tanh(dense(first token))."""
+    """tanh(dense(first token)): [B, S, H] -> [B, H]."""
     return ops.dense(sequence_output[:, 0], params[POOLER + "kernel"], params[POOLER + "bias"], "tanh")
 
 
 def masked_lm_logits(ops, params, config: AlbertConfig, sequence_output):
     """cls/predictions: dense + activation, LayerNorm, then logits against the word embeddings."""
     p = MLM + "transform/"
-    h = ops.dense(sequence_output, params[p + "dense/kernel"], params[p + "dense/bias"], config.hidden_act)
+    h = ops.dense(sequence_output, params[p + "dense/kernel"], params[p + "dense/bias"],
+                  config.hidden_act)  # [B, S, H] -> [B, S, E]
     h = ops.layer_norm(h, None, params[p + "LayerNorm/gamma"], params[p + "LayerNorm/beta"], config.layer_norm_eps)
-    return ops.dense(h, params[MLM_DECODER], params[MLM + "output_bias"])
+    return ops.dense(h, params[MLM_DECODER], params[MLM + "output_bias"])  # [B, S, E] -> [B, S, V]
 
 
 def sentence_order_logits(ops, params, pooled_output):
-    """cls/seq_relationship: pooled @ output_weights^T + output_bias."""
+    """cls/seq_relationship: pooled @ output_weights^T + output_bias: [B, H] -> [B, 2]."""
     return ops.dense(pooled_output, params[SOP_DECODER], params[SOP + "output_bias"])
 
 
@@ -106,8 +111,8 @@ def forward(ops, params, config: AlbertConfig, input_ids, input_mask, segment_id
     heads: any of "mlm", "sop" (the file must have them).
     """
     with ops.workspace():  # a backend may reuse the buffers of this pass's dead activations
-        x = embeddings(ops, params, config, input_ids, segment_ids)
-        sequence_output, states = encoder(ops, params, config, x, input_mask, hidden_states)
+        x = embeddings(ops, params, config, input_ids, segment_ids)  # [B, S] -> [B, S, H]
+        sequence_output, states = transformer_stack(ops, params, config, x, input_mask, hidden_states)
         out = {"sequence_output": sequence_output, "pooled_output": pooler(ops, params, sequence_output)}
         if hidden_states:
             out["hidden_states"] = states

@@ -14,7 +14,7 @@ operation is one of these calls, each a single IEEE operation whose PTX is fixed
 
 PTX does not fuse instructions that carry an explicit rounding modifier, and NVVM emits
 them for these intrinsics alone, so the only FMAs in a kernel are the written ones
-(tests/test_cuda_ptx.py reads the PTX of every kernel to prove it). No kernel uses
+(tests/test_cuda_ptx.py reads the PTX of every kernel to check it). No kernel uses
 fast-math, so there is no `.ftz` (subnormals are kept) and no `.approx`.
 
 The transcendentals are NOT re-implemented. `exp32`, `tanh32`, `erf32`, `erfc32`,

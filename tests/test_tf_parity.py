@@ -32,7 +32,7 @@ def case(request, tmp_path_factory):
     return request.param, out, inputs, expected
 
 
-def test_fixture_set_covers_the_issue():
+def test_fixture_set_has_every_checkpoint_kind():
     assert {"tiny", "groups", "no_projection", "sharded", "hub_module"} <= set(CASES)
 
 
