@@ -7,8 +7,8 @@ import sys
 
 import numpy as np
 
+from albert_ref.cli_options import add_backend_options
 from albert_ref.errors import AlbertRefError
-from albert_ref.model import BACKENDS
 from albert_ref.weights import DEMO_MODEL
 
 
@@ -123,13 +123,6 @@ def _cmd_verify(args):
         print(f"albert-ref: error: {args.model}: checksums {checksums}", file=sys.stderr)
         raise SystemExit(1)
     print(f"{args.model}: {checksums}; digest {m.digest}")
-
-
-def add_backend_options(p):
-    p.add_argument("--backend", default="cpu", choices=BACKENDS)
-    p.add_argument("--dtype", default=None, choices=("float32", "float64"),
-                   help="numpy backend only (default float64); kernel backends are float32")
-    p.add_argument("--threads", type=int, default=None, help="compute threads (default: NUMBA_NUM_THREADS or all cores)")
 
 
 def build_parser() -> argparse.ArgumentParser:

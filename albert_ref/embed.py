@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from albert_ref.cli_options import add_backend_options
 from albert_ref.embed_inputs import INPUT_FORMATS, STDIN, from_arguments, from_file
 from albert_ref.embed_job import Settings, progress_bar, run_job
 from albert_ref.embed_outputs import KEYED_FORMATS, OUTPUT_FORMATS, json_vectors, output_format
@@ -50,7 +51,6 @@ the row is then "row"), dataset "keys" (text) of an .h5 output.
 
 
 def add_embed_parser(sub) -> None:
-    from albert_ref.cli import add_backend_options
     p = sub.add_parser("embed", help="text to vectors (the bundled demo model unless --model)",
                        description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("texts", nargs="*", metavar="TEXT", help="texts to embed")

@@ -71,11 +71,6 @@ class Model:
                        for name, array in fwd.with_head_decoders(model_file.tensors).items()}
         self._tokenizer = None
 
-    def encoder(self):
-        """An Encoder (text in, vectors out) over this loaded model."""
-        from albert_ref.encoder import Encoder
-        return Encoder(self)
-
     @property
     def num_parameters(self) -> int:
         return num_parameters(self.config)

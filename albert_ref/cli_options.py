@@ -1,0 +1,12 @@
+"""Command-line options that several `albert-ref` subcommands share (a leaf module, so that
+cli.py and the subcommands it assembles import it without importing each other)."""
+from __future__ import annotations
+
+from albert_ref.model import BACKENDS
+
+
+def add_backend_options(p):
+    p.add_argument("--backend", default="cpu", choices=BACKENDS)
+    p.add_argument("--dtype", default=None, choices=("float32", "float64"),
+                   help="numpy backend only (default float64); kernel backends are float32")
+    p.add_argument("--threads", type=int, default=None, help="compute threads (default: NUMBA_NUM_THREADS or all cores)")
