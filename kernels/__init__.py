@@ -8,15 +8,24 @@ hold `@njit` code (every kernels/*.py but cuda_*.py, which numba.cuda compiles w
 the disk cache) is compared with the one the cache was built from, and a stale cache is
 dropped. The cache directory is the one Numba itself picks for kernels/ (NUMBA_CACHE_DIR
 when set, else kernels/__pycache__, else the user-wide cache), and the digest is stamped
-beside it, so each cache directory carries its own stamp.
+beside it, so each cache directory carries its own stamp. Where the cache cannot be
+located (Numba's internals moved) or purged, a StaleCacheWarning says so and how to clear
+it: the guard never goes quiet.
 """
 from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from pathlib import Path
 
 CONTRACT_VERSION = 1  # NUMERICS.md's version: raise it (and regenerate goldens) with any change to its bits
+
+
+class StaleCacheWarning(RuntimeWarning):
+    """The kernels' Numba cache could not be checked against their sources or purged, so
+    machine code built from older kernel sources might be served: a risk to the bit
+    contract. The message says why and how to clear it."""
 
 
 def _numba_cache_dir() -> Path | None:
@@ -24,25 +33,32 @@ def _numba_cache_dir() -> Path | None:
     choice (numba.core.caching.CacheImpl: NUMBA_CACHE_LOCATOR_CLASSES, then
     UserProvidedCacheLocator for NUMBA_CACHE_DIR, InTreeCacheLocator, ...). Every locator
     derives the path from the source file's directory only, so any function in this
-    package stands for all of them. None where Numba has no usable cache location."""
+    package stands for all of them. None where no locator applies: Numba then caches
+    nothing, so there is nothing stale to serve."""
+    from numba.core.caching import CompileResultCacheImpl
+
     try:
-        from numba.core.caching import CompileResultCacheImpl
-
-        return Path(CompileResultCacheImpl(_numba_cache_dir).locator.get_cache_path())
-    except Exception:  # no locator available (e.g. nowhere writable): Numba will not cache
+        impl = CompileResultCacheImpl(_numba_cache_dir)
+    except RuntimeError:  # "cannot cache function ...: no locator available": nowhere writable
         return None
+    return Path(impl.locator.get_cache_path())
 
 
-def _drop_stale_cache() -> None:
+def source_stamp() -> str:
+    """SHA-256 over the sources of every module that holds @njit code."""
     here = Path(__file__).resolve().parent
     digest = hashlib.sha256()
     for path in sorted(here.glob("*.py")):
         if not path.name.startswith("cuda_"):
             digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    stamp = digest.hexdigest()
-    cache_dir = _numba_cache_dir()
+    return digest.hexdigest()
+
+
+def drop_stale_cache(cache_dir: Path | None) -> None:
+    """Delete cached machine code in cache_dir unless it was built from today's sources."""
     if cache_dir is None:
         return
+    stamp = source_stamp()
     stamp_file = cache_dir / "kernels-source.sha256"
     try:
         if stamp_file.read_text() == stamp:
@@ -57,8 +73,21 @@ def _drop_stale_cache() -> None:
         tmp = stamp_file.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(stamp)
         tmp.replace(stamp_file)
-    except OSError:  # read-only cache directory: Numba then cannot write there either
-        pass
+    except OSError as exc:
+        warnings.warn(f"albert_ref.kernels: cannot purge Numba's cache of the kernels in {cache_dir} ({exc}); "
+                      "machine code built from older kernel sources may be used: delete its .nbi/.nbc files, "
+                      "or set NUMBA_CACHE_DIR to an empty writable directory", StaleCacheWarning, stacklevel=2)
 
 
-_drop_stale_cache()
+def _guard() -> None:
+    try:
+        cache_dir = _numba_cache_dir()
+    except Exception as exc:  # Numba's internals moved: the guard cannot find the cache
+        warnings.warn(f"albert_ref.kernels: cannot locate Numba's cache of the kernels ({type(exc).__name__}: "
+                      f"{exc}), so a cache built from older kernel sources cannot be detected; set "
+                      "NUMBA_CACHE_DIR to an empty directory to be safe", StaleCacheWarning, stacklevel=2)
+        return
+    drop_stale_cache(cache_dir)
+
+
+_guard()
