@@ -172,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    from albert_ref.kernel_backend import limit_heap_retention
+    limit_heap_retention()  # this process is ours: keep freed weight-sized buffers out of the heap
     try:
         args.func(args)
     except AlbertRefError as exc:

@@ -26,6 +26,7 @@ import contextlib
 import functools
 import importlib.util
 import itertools
+import warnings
 
 import numpy as np
 
@@ -125,6 +126,10 @@ class CudaOps:
         from albert_ref.kernels import cuda_attention, cuda_embed, cuda_fmath, cuda_gemm, cuda_layernorm
         self._k_att, self._k_emb, self._k_gemm, self._k_ln = cuda_attention, cuda_embed, cuda_gemm, cuda_layernorm
         self.simulator = cuda_fmath.SIM
+        if self.simulator and not cuda_fmath.SIMULATOR_LOCKED:
+            warnings.warn("numba-cuda's simulator creates shared arrays racily, so kernels can give wrong "
+                          "results; albert_ref.kernels.cuda_fmath.lock_simulated_shared_arrays() fixes it "
+                          "(a process-wide patch of numba-cuda)", RuntimeWarning, stacklevel=2)
         self.dense_tile = tuple(dense_tile or cuda_gemm.DEFAULT_TILE)
         self.attention_rows = int(attention_rows or cuda_attention.WQ)
         self.layer_norm_rows = int(layer_norm_rows or cuda_layernorm.ROWS)

@@ -41,8 +41,10 @@ class PackedKernel:
 _HEAP_LIMITED = False
 
 
-def _limit_heap_retention():
-    """Keep glibc from parking freed multi-MB buffers in its heap.
+def limit_heap_retention():
+    """Keep glibc from parking freed multi-MB buffers in its heap: an opt-in for programs
+    that own their process (the albert-ref CLI and the benchmarks call it; a library
+    import never does, since it changes malloc for the whole process).
 
     glibc raises its mmap threshold (up to 32 MiB) each time a large mmapped block is
     freed, after which multi-MB arrays come from the heap and their memory is not returned
@@ -50,8 +52,7 @@ def _limit_heap_retention():
     but the arrays of loading and packing weights and of calls outside a pass do not:
     without this, peak RSS at xlarge 8 x 128 was 11 MB higher. A fixed threshold of 1 MiB
     (M_MMAP_THRESHOLD; also disables the dynamic adjustment) keeps every large array
-    mmapped. Process-wide but harmless; skipped off glibc, or when the user has set
-    MALLOC_MMAP_THRESHOLD_ themselves."""
+    mmapped. Skipped off glibc, or when the user has set MALLOC_MMAP_THRESHOLD_ themselves."""
     global _HEAP_LIMITED
     if _HEAP_LIMITED or "MALLOC_MMAP_THRESHOLD_" in os.environ:
         return
@@ -139,8 +140,6 @@ class KernelOps:
                              f"(NUMBA_NUM_THREADS), got {threads}")
         self.threads = threads
         self._workspace = Workspace()
-        if self.fast:
-            _limit_heap_retention()
 
     def workspace(self):
         """A scope (one forward pass) within which results reuse dead results' buffers."""

@@ -82,9 +82,10 @@ def worker_ours(args):
 
     from albert_ref import forward
     from albert_ref.config import AlbertConfig
-    from albert_ref.kernel_backend import KernelOps
+    from albert_ref.kernel_backend import KernelOps, limit_heap_retention
     t_import = time.perf_counter() - t0
     config = AlbertConfig(**MODELS[args.model])
+    limit_heap_retention()  # as the CLI does
     ops = KernelOps(True, threads=args.threads)
     params = build_params(ops, config)
     t_params = time.perf_counter() - t0 - t_import

@@ -132,6 +132,9 @@ def setup():
         except Exception as e:
             info[pkg] = f"missing ({type(e).__name__})"
     from numba import cuda
+    from albert_ref.kernels import cuda_fmath
+    if cuda_fmath.SIM:  # a rehearsal under the simulator: exact shared arrays (process-wide patch)
+        cuda_fmath.lock_simulated_shared_arrays()
     dev = cuda.get_current_device()
     name = getattr(dev, "name", "CUDA simulator")
     name = name.decode() if isinstance(name, bytes) else name

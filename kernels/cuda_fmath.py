@@ -56,6 +56,7 @@ def _simulator_enabled() -> bool:
 
 
 SIM = _simulator_enabled()
+SIMULATOR_LOCKED = False  # lock_simulated_shared_arrays() installed (simulator only)
 _F32 = np.float32
 
 
@@ -108,11 +109,17 @@ if SIM:
 
     fma32 = _fma_sim
 
-    def _lock_simulated_shared_arrays():
+    def lock_simulated_shared_arrays():
         """numba-cuda's simulator creates a block's shared array on first use with an
         unlocked check-then-set, so two threads of a block can each create one and then
-        work on different "shared" arrays (seen as rare, wrong results). Same logic,
-        same key (the caller's file and line), under a lock."""
+        work on different "shared" arrays (seen as rare, wrong results). This installs the
+        same logic, same key (the caller's file and line), under a lock. It patches
+        numba-cuda for the whole process, so it is an explicit opt-in: the test suite and
+        benchmarks/gpu_check.py call it; CudaOps under the simulator warns until it is."""
+        global SIMULATOR_LOCKED
+        if SIMULATOR_LOCKED:
+            return
+        SIMULATOR_LOCKED = True
         import sys
         import threading
 
@@ -134,8 +141,6 @@ if SIM:
             return res
 
         kernelapi.FakeCUDAShared.array = array
-
-    _lock_simulated_shared_arrays()
 
     def as_int32(x):
         return _F32(x).view(np.int32)

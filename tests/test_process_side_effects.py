@@ -1,0 +1,50 @@
+"""albert_ref is imported into other projects' processes: importing it, loading a model and
+running it change nothing process-wide. The two process-wide tweaks it has are opt-ins: the
+glibc heap setting (taken by the CLI) and the CUDA simulator's shared-array lock (taken by
+the test suite and gpu_check.py). Each case runs in a fresh interpreter, without this suite's
+conftest."""
+import os
+import subprocess
+import sys
+import textwrap
+
+
+def run_fresh(code, **env):
+    r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env={**os.environ, **env},
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    return r.stdout
+
+
+def test_the_heap_setting_is_the_cli_s_opt_in():
+    run_fresh("""
+        import numpy as np
+        import albert_ref
+        from albert_ref import kernel_backend
+        from albert_ref.weights import DEMO_MODEL
+        albert_ref.load(DEMO_MODEL)(np.array([[2, 10, 3]]))
+        assert not kernel_backend._HEAP_LIMITED, "a library call changed malloc for the process"
+        from albert_ref.cli import main
+        assert main(["verify"]) == 0
+        assert kernel_backend._HEAP_LIMITED
+    """)
+
+
+def test_the_simulator_patch_is_an_opt_in():
+    run_fresh("""
+        import warnings
+        from numba.cuda.simulator import kernelapi
+        original = kernelapi.FakeCUDAShared.array
+        from albert_ref.cuda_backend import CudaOps
+        from albert_ref.kernels import cuda_fmath
+        assert kernelapi.FakeCUDAShared.array is original, "importing albert_ref patched numba-cuda"
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            CudaOps()
+        assert any("racily" in str(w.message) for w in caught), [str(w.message) for w in caught]
+        cuda_fmath.lock_simulated_shared_arrays()
+        assert kernelapi.FakeCUDAShared.array is not original
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            CudaOps()
+    """, NUMBA_ENABLE_CUDASIM="1")
