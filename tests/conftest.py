@@ -3,3 +3,10 @@ from pathlib import Path
 
 # Test helpers (model_util, spm_util, peers) are plain modules beside the tests.
 sys.path.insert(0, str(Path(__file__).parent))
+
+# `pytest tests/test_fuzz.py --hypothesis-profile=fuzz`: the long fuzzing run (tests/test_fuzz.py).
+import os  # noqa: E402
+
+from hypothesis import settings  # noqa: E402
+
+settings.register_profile("fuzz", max_examples=int(os.environ.get("HYPOTHESIS_FUZZ_EXAMPLES", 1000)), deadline=None)

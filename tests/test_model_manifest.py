@@ -4,34 +4,16 @@ level of a single dataset (a valid config value, swapped or aliased tensors with
 checksums, tokenizer options) must be refused; version-1 files still load."""
 import json
 
-import h5py
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from albert_ref.errors import ModelFileError
 from albert_ref.weights.model_file import GUARANTEES, ManifestError, ModelFile, read_model, write_model
-from model_util import as_format_version_1, random_model_file, tiny_config
+from model_util import as_format_version_1
+from test_model_file import _edit, good_file, model  # noqa: F401 (the fixtures)
 
 BLOCK = "weights/bert/encoder/transformer/group_0/inner_group_0/attention_1/self/"
-
-
-@pytest.fixture(scope="module")
-def model():
-    return random_model_file(tiny_config(num_hidden_groups=2, inner_group_num=2), heads=("mlm",),
-                             spm_model=b"stand-in tokenizer bytes")
-
-
-@pytest.fixture
-def path(tmp_path, model):
-    p = tmp_path / "m.h5"
-    write_model(p, model)
-    return p
-
-
-def _edit(path, fn):
-    with h5py.File(path, "r+") as f:
-        fn(f)
 
 
 def _set_config(**changes):
@@ -62,7 +44,7 @@ def _alias(f, target, alias):
     (_set_config(num_hidden_layers=2), ManifestError, "config.num_hidden_layers is 2, the manifest says 3"),
     (_set_config(hidden_act="gelu_erf"), ManifestError, "config.hidden_act"),
     (_set_config(layer_norm_eps=1e-5), ManifestError, "config.layer_norm_eps"),
-    (_set_options(do_lower_case=False), ManifestError, "tokenizer.options.do_lower_case"),
+    (_set_options(do_lower_case=True), ManifestError, "tokenizer.options.do_lower_case"),
     (_set_options(flavour="bogus"), ModelFileError, "flavour 'bogus' is not one of"),
     (lambda f: _alias(f, BLOCK + "query/kernel", BLOCK + "key/kernel"), ModelFileError, "linked more than once"),
     (lambda f: f.create_group("extra"), ModelFileError, "unexpected object.*extra"),
@@ -74,14 +56,14 @@ def _alias(f, target, alias):
     (lambda f: f.attrs.__setitem__("digest", "0" * 64), ManifestError, "manifest does not match the stored digest"),
     (lambda f: f.attrs.__delitem__("manifest"), ModelFileError, "missing attribute.*manifest"),
 ])
-def test_edits_that_change_the_function_are_refused(path, edit, error, match):
-    _edit(path, edit)
+def test_edits_that_change_the_function_are_refused(good_file, edit, error, match):
+    _edit(good_file, edit)
     for verify in (True, False):  # none of these needs the data hashed
         with pytest.raises(error, match=match):
-            read_model(path, verify=verify)
+            read_model(good_file, verify=verify)
 
 
-def test_a_consistent_manifest_and_digest_still_have_to_match_the_contents(path):
+def test_a_consistent_manifest_and_digest_still_have_to_match_the_contents(good_file):
     """Rewriting the manifest and its digest together does not make an edit pass: the
     manifest is compared with what the file holds."""
     import hashlib
@@ -91,9 +73,9 @@ def test_a_consistent_manifest_and_digest_still_have_to_match_the_contents(path)
         manifest["config"]["hidden_act"] = "relu"
         text = json.dumps(manifest, sort_keys=True, separators=(",", ":"))
         f.attrs["manifest"], f.attrs["digest"] = text, hashlib.sha256(text.encode()).hexdigest()
-    _edit(path, forge)
+    _edit(good_file, forge)
     with pytest.raises(ManifestError, match="config.hidden_act is \"gelu_tanh\", the manifest says \"relu\""):
-        read_model(path)
+        read_model(good_file)
 
 
 def _swap_data(f, a, b):
@@ -104,29 +86,29 @@ def _swap_data(f, a, b):
 
 
 @pytest.mark.parametrize("swap", [_swap, _swap_data])
-def test_swapped_tensors_with_their_checksums_are_caught_by_the_manifest(path, swap):
+def test_swapped_tensors_with_their_checksums_are_caught_by_the_manifest(good_file, swap):
     """Whether the datasets trade names or their data and checksum attributes trade
     places. (verify=False trusts the data and its checksum attributes, so only a
     verifying read can tell.)"""
-    _edit(path, lambda f: swap(f, BLOCK + "query/kernel", BLOCK + "key/kernel"))
+    _edit(good_file, lambda f: swap(f, BLOCK + "query/kernel", BLOCK + "key/kernel"))
     with pytest.raises(ManifestError, match="tensor .*self/(key|query)/kernel holds the data the manifest lists for "
                                             ".*self/(query|key)/kernel"):
-        read_model(path)
+        read_model(good_file)
 
 
-def test_version_1_files_load_with_their_weaker_guarantee(path, model):
-    as_format_version_1(path)
-    back = read_model(path)
+def test_version_1_files_load_with_their_weaker_guarantee(good_file, model):
+    as_format_version_1(good_file)
+    back = read_model(good_file)
     assert back.format_version == 1 and back.digest == model.digest
     assert "covered by no stored checksum" in GUARANTEES[1]
-    _edit(path, _set_config(hidden_act="gelu_erf"))  # what version 1 cannot catch...
-    assert read_model(path).digest != model.digest  # ...but the digest still tells
+    _edit(good_file, _set_config(hidden_act="gelu_erf"))  # what version 1 cannot catch...
+    assert read_model(good_file).digest != model.digest  # ...but the digest still tells
 
 
-def test_writing_always_writes_the_current_version(path, tmp_path, model):
-    as_format_version_1(path)
+def test_writing_always_writes_the_current_version(good_file, tmp_path, model):
+    as_format_version_1(good_file)
     upgraded = tmp_path / "new.h5"
-    write_model(upgraded, read_model(path))
+    write_model(upgraded, read_model(good_file))
     assert read_model(upgraded).format_version == 2 and read_model(upgraded).digest == model.digest
 
 
