@@ -44,15 +44,18 @@ def test_round_trip_is_bit_exact(good_file, model):
 
 def test_layout_is_documented_layout(good_file, model):
     with h5py.File(good_file) as f:
-        assert f.attrs["format"] == "albert-ref" and f.attrs["format_version"] == 2
+        assert f.attrs["format"] == b"albert-ref" and f.attrs["format_version"] == 2
+        # text is fixed-length bytes (variable-length strings live in the unchecksummed global heap)
+        assert all(f.attrs.get_id(k).dtype.kind == "S" for k in f.attrs if k != "format_version")
+        assert f["weights/" + EMB].attrs.get_id("sha256").dtype.kind == "S"
         manifest = json.loads(f.attrs["manifest"])
-        assert f.attrs["digest"] == hashlib.sha256(f.attrs["manifest"].encode()).hexdigest() == model.digest
+        assert f.attrs["digest"].decode() == hashlib.sha256(f.attrs["manifest"]).hexdigest() == model.digest
         assert manifest["tensors"][EMB] == {"shape": [64, 8], "dtype": "<f4", "sha256": sha256(model.tensors[EMB])}
         assert manifest["config"] == model.config.to_dict()
         assert manifest["tokenizer"]["options"]["do_lower_case"] is False
         ds = f["weights/" + EMB]
         assert ds.chunks is None and ds.compression is None and ds.dtype == np.dtype("<f4")
-        assert ds.attrs["sha256"] == sha256(model.tensors[EMB])
+        assert ds.attrs["sha256"].decode() == sha256(model.tensors[EMB])
         assert json.loads(f.attrs["config"])["hidden_act"] == "gelu_tanh"
 
 

@@ -51,7 +51,7 @@ def _alias(f, target, alias):
     (lambda f: f.create_group("weights/bert/empty"), ModelFileError, "unexpected object.*weights/bert/empty"),
     (lambda f: f.attrs.__setitem__("pipeline", "{}"), ModelFileError, "unexpected attribute.*pipeline"),
     (lambda f: f[BLOCK + "query/kernel"].attrs.__setitem__("scale", 2.0), ModelFileError, "unexpected attribute.*scale"),
-    (lambda f: f.attrs.__setitem__("manifest", f.attrs["manifest"].replace('"gelu_tanh"', '"gelu_erf"')),
+    (lambda f: f.attrs.__setitem__("manifest", f.attrs["manifest"].replace(b'"gelu_tanh"', b'"gelu_erf"')),
      ManifestError, "manifest does not match the stored digest"),
     (lambda f: f.attrs.__setitem__("digest", "0" * 64), ManifestError, "manifest does not match the stored digest"),
     (lambda f: f.attrs.__delitem__("manifest"), ModelFileError, "missing attribute.*manifest"),

@@ -158,26 +158,35 @@ def write_model(path, model: ModelFile) -> None:
     path = Path(path)
     check_tensors(model.config, model.tensors)
     checksums, tokenizer_checksum = {}, None
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
-        f.attrs["format"] = FORMAT_NAME
+    # libver v110 (HDF5 >= 1.10 reads it): object headers, heaps and B-trees carry
+    # checksums, so that damaged metadata is an error on reading. Text attributes are
+    # fixed-length byte strings: variable-length ones live in the global heap, which has no
+    # checksum and on which a damaged file can make HDF5 loop forever.
+    with atomic_path(path) as tmp, h5py.File(tmp, "w", libver=("v110", "v110")) as f:
+        _set_text(f, "format", FORMAT_NAME)
         f.attrs["format_version"] = FORMAT_VERSION
-        f.attrs["config"] = model.config.to_json()
-        f.attrs["provenance"] = json.dumps(model.provenance, sort_keys=True)
+        _set_text(f, "config", model.config.to_json())
+        _set_text(f, "provenance", json.dumps(model.provenance, sort_keys=True))
         weights = f.create_group("weights")
         for name in sorted(model.tensors):
             array = np.ascontiguousarray(model.tensors[name], dtype="<f4")
             ds = weights.create_dataset(name, data=array)
-            ds.attrs["sha256"] = checksums[name] = sha256(array)
+            _set_text(ds, "sha256", checksums.setdefault(name, sha256(array)))
         if model.spm_model is not None:
             tok = f.create_group("tokenizer")
             ds = tok.create_dataset("sentencepiece", data=np.frombuffer(model.spm_model, dtype=np.uint8))
-            ds.attrs["sha256"] = tokenizer_checksum = sha256(model.spm_model)
-            tok.attrs["options"] = json.dumps(model.tokenizer_options, sort_keys=True)
+            tokenizer_checksum = sha256(model.spm_model)
+            _set_text(ds, "sha256", tokenizer_checksum)
+            _set_text(tok, "options", json.dumps(model.tokenizer_options, sort_keys=True))
         model.checksums, model.tokenizer_checksum = checksums, tokenizer_checksum
         manifest = canonical_json(model.manifest())
-        f.attrs["manifest"] = manifest
-        f.attrs["digest"] = hashlib.sha256(manifest.encode()).hexdigest()
+        _set_text(f, "manifest", manifest)
+        _set_text(f, "digest", hashlib.sha256(manifest.encode()).hexdigest())
     model.format_version = FORMAT_VERSION
+
+
+def _set_text(obj, name: str, text: str) -> None:
+    obj.attrs[name] = np.bytes_(text.encode("utf-8"))
 
 
 def read_model(path, verify: bool = True) -> ModelFile:
