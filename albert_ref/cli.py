@@ -53,7 +53,7 @@ def _cmd_tokenize(args):
     model_file = read_model(args.model)
     tok = tokenizer_of(model_file)
     limit = model_file.config.max_position_embeddings
-    max_len = args.max_seq_length or limit
+    max_len = limit if args.max_seq_length is None else args.max_seq_length
     if max_len > limit:
         raise albert_ref.InputError(f"--max-seq-length {max_len} exceeds the model's max_position_embeddings {limit}")
     texts = [tuple(args.texts[i:i + 2]) for i in range(0, len(args.texts), 2)] if args.pair else args.texts

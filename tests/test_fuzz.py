@@ -254,21 +254,29 @@ def test_tf_hub_archive_bytes(tmp_path, hub_archive, data):
 
 
 @pytest.fixture(scope="module")
-def hf_dir(tmp_path_factory):
+def hf_dirs(tmp_path_factory):
+    """Hugging Face directories with model.safetensors and with pytorch_model.bin."""
     from test_convert_cli import _tiny_hf_dir
-    return _tiny_hf_dir(tmp_path_factory.mktemp("fuzz-hf") / "hf")
+    root = tmp_path_factory.mktemp("fuzz-hf")
+    return {"model.safetensors": _tiny_hf_dir(root / "st"), "pytorch_model.bin": _tiny_hf_dir(root / "bin", safe=False)}
+
+
+@pytest.fixture(scope="module")
+def hf_dir(hf_dirs):
+    return hf_dirs["model.safetensors"]
 
 
 @fuzz
-@given(data=st.data(), which=st.sampled_from(["model.safetensors", "config.json"]))
-def test_huggingface_directory_bytes(tmp_path, hf_dir, data, which):
+@given(data=st.data(), which=st.sampled_from(["model.safetensors", "pytorch_model.bin", "config.json"]))
+def test_huggingface_directory_bytes(tmp_path, hf_dirs, data, which):
     src = workdir(tmp_path, "hf")
-    for f in hf_dir.iterdir():
+    for f in hf_dirs["model.safetensors" if which == "config.json" else which].iterdir():
         shutil.copy(f, src)
     damage = data.draw(mutation((src / which).stat().st_size))
     (src / which).write_bytes(damage((src / which).read_bytes()))
     out = workdir(tmp_path, "hf-out") / "m.h5"
-    # safetensors carries no checksum: a changed value converts, but never as a traceback
+    # safetensors and torch pickles carry no checksum: a changed value converts, but never
+    # as a traceback
     code, _ = cli("convert", src, out)
     assert out.exists() == (code == 0)
 
