@@ -68,10 +68,12 @@ def test_unwritable_output_paths(tmp_path, capsys, inputs_npz, command_name):
     assert _listing(tmp_path) == ["a_dir", f"a_dir{suffix}"] and _listing(existing_dir) == []
 
 
-@pytest.mark.parametrize("threads", ["0", "-1"])
-def test_thread_counts_below_one(tmp_path, capsys, inputs_npz, threads):
+@pytest.mark.parametrize("threads, match", [("0", "threads must be a positive integer"),
+                                            ("-1", "threads must be a positive integer"),
+                                            ("1000000", "threads must be between 1 and")])
+def test_thread_counts_out_of_range(tmp_path, capsys, inputs_npz, threads, match):
     err = fails(capsys, "run", DEMO_MODEL, "--inputs", inputs_npz, "--output", tmp_path / "o.npz", "--threads", threads)
-    assert "threads must be a positive integer" in err and _listing(tmp_path) == []
+    assert match in err and _listing(tmp_path) == []
 
 
 # -- run --inputs -----------------------------------------------------------------------------------

@@ -295,7 +295,7 @@ def _read(f: h5py.File, path: Path, verify: bool) -> ModelFile:
 def _read_manifest(f: h5py.File, path: Path) -> dict:
     """The stored manifest, after checking it against the stored digest."""
     text, digest = _attr(f, "manifest", path), _attr(f, "digest", path)
-    if hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest() != digest:
+    if hashlib.sha256(text.encode()).hexdigest() != digest:
         raise ManifestError(f"{path}: the manifest does not match the stored digest: the file is corrupt")
     manifest = _json_attr(f, "manifest", path)
     if not isinstance(manifest, dict) or set(manifest) != {"config", "tensors", "tokenizer"}:
