@@ -7,6 +7,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from albert_ref.errors import OutputError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -14,12 +16,26 @@ def _umask() -> int:
     return mask
 
 
+def check_output_path(path, directory: bool = False) -> Path:
+    """Refuse, before any work is done, an output that cannot be written: one whose parent
+    directory does not exist, or (for a file) an existing directory."""
+    path = Path(path)
+    if not directory and path.is_dir():
+        raise OutputError(f"{path} is a directory; name a file to write")
+    if not path.parent.is_dir():
+        raise OutputError(f"cannot write {path}: {path.parent} is not an existing directory")
+    return path
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path beside `path`; on success it is fsynced and renamed to
     `path` with ordinary permissions, on any failure (KeyboardInterrupt included) deleted."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    path = check_output_path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
     os.close(fd)
     try:
         yield Path(tmp)
@@ -45,8 +61,11 @@ def atomic_directory(path):
     """Like atomic_path, for a directory: yield a temporary directory beside `path`, renamed
     to it with ordinary permissions on success (an existing empty directory is replaced),
     deleted with its contents on any failure."""
-    path = Path(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    path = check_output_path(path, directory=True)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_umask())

@@ -3,21 +3,25 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 
 import numpy as np
 
 from albert_ref.cli_options import add_backend_options
-from albert_ref.errors import AlbertRefError
+from albert_ref.errors import AlbertRefError, CheckFailed
 from albert_ref.weights import DEMO_MODEL
 
 
 def _cmd_convert(args):
+    from albert_ref.atomic import check_output_path
     from albert_ref.weights.convert import convert
+    check_output_path(args.out)
     model = convert(args.src, args.out, config_path=args.config, spm_path=args.spm,
                     do_lower_case=not args.cased)
     c = model.config
-    print(f"wrote {args.out}: {model.provenance['source_format']}, hidden {c.hidden_size}, "
+    print(f"wrote {args.out}: {model.provenance.get('source_format', 'unknown source')}, hidden {c.hidden_size}, "
           f"{c.num_hidden_layers} layers, {len(model.tensors)} tensors, "
           f"heads: {', '.join(model.heads) or 'none'}, tokenizer: {'yes' if model.spm_model else 'no'}")
 
@@ -28,12 +32,10 @@ def _load(args):
 
 
 def _cmd_run(args):
-    from albert_ref.atomic import atomic_output
-    try:
-        with np.load(args.inputs) as data:
-            arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError) as exc:
-        raise AlbertRefError(f"{args.inputs}: cannot read inputs: {exc}") from None
+    from albert_ref.atomic import atomic_output, check_output_path
+    from albert_ref.npz_inputs import read_npz
+    check_output_path(args.output)
+    arrays = read_npz(args.inputs)
     if "input_ids" not in arrays:
         raise AlbertRefError(f"{args.inputs}: has no input_ids array (found: {', '.join(arrays) or 'nothing'})")
     model = _load(args)
@@ -51,7 +53,7 @@ def _cmd_tokenize(args):
     model_file = read_model(args.model)
     tok = tokenizer_of(model_file)
     limit = model_file.config.max_position_embeddings
-    max_len = args.max_seq_length or limit
+    max_len = limit if args.max_seq_length is None else args.max_seq_length
     if max_len > limit:
         raise albert_ref.InputError(f"--max-seq-length {max_len} exceeds the model's max_position_embeddings {limit}")
     texts = [tuple(args.texts[i:i + 2]) for i in range(0, len(args.texts), 2)] if args.pair else args.texts
@@ -83,17 +85,20 @@ def _read_checked(path):
         # checksums it claims, so let the digest hash the data.
         m.checksums, m.tokenizer_checksum = None, None
         return m, f"FAILED: {exc}"
-    return m, f"OK ({len(m.tensors)} tensors{' and the tokenizer' if m.spm_model else ''} match their SHA-256)"
+    covered = "the manifest and its digest" if m.format_version >= 2 else "their SHA-256"
+    return m, f"OK ({len(m.tensors)} tensors{' and the tokenizer' if m.spm_model else ''} match {covered})"
 
 
 def _cmd_info(args):
+    from albert_ref.weights.model_file import GUARANTEES
     from albert_ref.weights.names import num_parameters
     m, checksums = _read_checked(args.model)
     params, digest = num_parameters(m.config), m.digest
     info = {"file": str(args.model), "config": m.config.to_dict(), "parameters": params,
             "heads": list(m.heads), "tokenizer": None if m.spm_model is None else
             {"bytes": len(m.spm_model), **m.tokenizer_options},
-            "provenance": m.provenance, "digest": digest, "checksums": checksums}
+            "provenance": m.provenance, "digest": digest, "checksums": checksums,
+            "format_version": m.format_version, "guarantee": GUARANTEES[m.format_version]}
     if args.json:
         print(json.dumps(info, indent=2))
     else:
@@ -113,16 +118,24 @@ def _cmd_info(args):
                                            for k, v in sorted(m.provenance.items())))
         print(f"  digest: {digest}")
         print(f"  checksums: {checksums}")
+        print(f"  {GUARANTEES[m.format_version]}")
     if checksums.startswith("FAILED"):
         raise SystemExit(1)
 
 
 def _cmd_verify(args):
+    from albert_ref.model import check_tokenizer
     m, checksums = _read_checked(args.model)
     if checksums.startswith("FAILED"):
-        print(f"albert-ref: error: {args.model}: checksums {checksums}", file=sys.stderr)
-        raise SystemExit(1)
-    print(f"{args.model}: {checksums}; digest {m.digest}")
+        raise CheckFailed(f"{args.model}: checksums {checksums}")
+    if m.spm_model is not None:
+        try:
+            check_tokenizer(m)
+        except AlbertRefError as exc:
+            raise CheckFailed(f"{args.model}: tokenizer FAILED: {exc}") from None
+    note = "" if m.format_version >= 2 else " (format version 1: the config, tokenizer options and tensor names " \
+                                            "are not covered by a stored checksum; see `albert-ref info`)"
+    print(f"{args.model}: {checksums}{', tokenizer OK' if m.spm_model else ''}; digest {m.digest}{note}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -170,18 +183,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv=None) -> int:
+    """Exit status 0: done; 1: a check found a difference (verify, info, golden --check);
+    2: an error (bad arguments, inputs or files; the message names it; nothing is left
+    half-written); 130: interrupted (Ctrl-C or SIGTERM)."""
+    # A shell starts background jobs with SIGINT ignored, which Python would inherit:
+    # Ctrl-C and kill -INT must still stop a long command (and clean up after it), and
+    # so must SIGTERM.
     args = build_parser().parse_args(argv)
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        handlers = {signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler),
+                    signal.SIGTERM: signal.signal(signal.SIGTERM, _interrupt)}
     from albert_ref.kernel_backend import limit_heap_retention
     limit_heap_retention()  # this process is ours: keep freed weight-sized buffers out of the heap
     try:
         args.func(args)
-    except AlbertRefError as exc:
+    except CheckFailed as exc:
         print(f"albert-ref: error: {exc}", file=sys.stderr)
         return 1
+    except AlbertRefError as exc:
+        print(f"albert-ref: error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("albert-ref: interrupted", file=sys.stderr)
         return 130
+    finally:
+        for signum, handler in handlers.items():  # as they were, for callers in the same process
+            signal.signal(signum, handler)
     return 0
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,23 @@ _HF_ACTIVATIONS = {
     "tanh": "tanh",
     "linear": "linear",
 }
+# Plausible ranges of the integer fields: far beyond any released ALBERT (xxlarge: hidden
+# 4096, intermediate 16384, 64 heads, 12 layers, vocab 30000), yet small enough that a
+# damaged or hostile config (num_hidden_layers = 10**9) is refused at once instead of
+# driving loops or allocations sized by it.
+LIMITS = {
+    "vocab_size": 1 << 22,
+    "embedding_size": 1 << 16,
+    "hidden_size": 1 << 16,
+    "num_hidden_layers": 1024,
+    "num_attention_heads": 1024,
+    "intermediate_size": 1 << 18,
+    "num_hidden_groups": 1024,
+    "inner_group_num": 64,
+    "max_position_embeddings": 1 << 17,
+    "type_vocab_size": 1024,
+}
+
 # Fields of the original albert_config.json that select architectures this engine does
 # not implement; anything but the default is refused rather than silently ignored.
 _UNSUPPORTED_DEFAULTS = {"net_structure_type": 0, "gap_size": 0, "num_memory_blocks": 0, "down_scale_factor": 1}
@@ -68,12 +86,12 @@ class AlbertConfig:
 
     # -- validation ------------------------------------------------------------------
     def validate(self) -> None:
-        for name in ("vocab_size", "embedding_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                     "intermediate_size", "num_hidden_groups", "inner_group_num", "max_position_embeddings",
-                     "type_vocab_size"):
+        for name, limit in LIMITS.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"config field {name!r} must be a positive integer, got {value!r}")
+                raise ConfigError(f"config field {name!r} must be a positive integer, got {_short(value)}")
+            if value > limit:
+                raise ConfigError(f"config field {name!r} is {_short(value)}, beyond the plausible range 1..{limit}")
         if self.hidden_size % self.num_attention_heads:
             raise ConfigError(f"hidden_size {self.hidden_size} is not a multiple of "
                               f"num_attention_heads {self.num_attention_heads}")
@@ -82,8 +100,15 @@ class AlbertConfig:
                               f"num_hidden_layers {self.num_hidden_layers}")
         if self.hidden_act not in ACTIVATIONS:
             raise ConfigError(f"hidden_act {self.hidden_act!r} is not one of {', '.join(ACTIVATIONS)}")
-        if not isinstance(self.layer_norm_eps, (int, float)) or not 0 < self.layer_norm_eps < 1:
-            raise ConfigError(f"layer_norm_eps must be in (0, 1), got {self.layer_norm_eps!r}")
+        if not _is_number(self.layer_norm_eps) or not 0 < self.layer_norm_eps < 1:
+            raise ConfigError(f"config field 'layer_norm_eps' must be a finite number in (0, 1), "
+                              f"got {_short(self.layer_norm_eps)}")
+        if not _is_number(self.initializer_range) or not 0 <= self.initializer_range <= 10:
+            raise ConfigError(f"config field 'initializer_range' must be a finite number in [0, 10], "
+                              f"got {_short(self.initializer_range)}")
+        if not isinstance(self.project_embeddings, bool):
+            raise ConfigError(f"config field 'project_embeddings' must be true or false, "
+                              f"got {_short(self.project_embeddings)}")
         if not self.project_embeddings and self.embedding_size != self.hidden_size:
             raise ConfigError("project_embeddings is false but embedding_size != hidden_size")
 
@@ -117,7 +142,7 @@ class AlbertConfig:
                 raise ConfigError(f"{name}={data[name]!r} is not supported (only {default} is): "
                                   f"this engine implements the standard ALBERT architecture")
         act = data.get("hidden_act", "gelu")
-        if act not in _ORIGINAL_ACTIVATIONS:
+        if not isinstance(act, str) or act not in _ORIGINAL_ACTIVATIONS:
             raise ConfigError(f"hidden_act {act!r} is not an activation of the original ALBERT code")
         return cls(**_shared_fields(data), hidden_act=_ORIGINAL_ACTIVATIONS[act])
 
@@ -129,7 +154,7 @@ class AlbertConfig:
         if model_type != "albert":
             raise ConfigError(f"model_type {model_type!r} is not an ALBERT model")
         act = data.get("hidden_act", "gelu_new")
-        if act not in _HF_ACTIVATIONS:
+        if not isinstance(act, str) or act not in _HF_ACTIVATIONS:
             raise ConfigError(f"hidden_act {act!r} is not supported (known: {', '.join(_HF_ACTIVATIONS)})")
         pos = data.get("position_embedding_type", "absolute")
         if pos != "absolute":
@@ -143,13 +168,23 @@ class AlbertConfig:
         path = Path(path)
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad UTF-8 or JSON, a 5,000-digit int
             raise ConfigError(f"cannot read config {path}: {exc}") from None
         reader = {"original": cls.from_original, "huggingface": cls.from_huggingface}[flavour]
         try:
             return reader(data)
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from None
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _short(value) -> str:
+    """A field's value for a message: repr, cut short (a config value may be anything)."""
+    text = repr(value) if not isinstance(value, int) or abs(value) < 10**30 else f"an integer of {len(str(abs(value)))} digits"
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _as_dict(data: Any) -> dict[str, Any]:

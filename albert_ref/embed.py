@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from albert_ref.atomic import check_output_path
 from albert_ref.cli_options import add_backend_options
 from albert_ref.embed_inputs import INPUT_FORMATS, STDIN, from_arguments, from_file
 from albert_ref.embed_job import Settings, progress_bar, run_job
@@ -88,6 +89,7 @@ def run_embed(args) -> None:
     output = None if args.output in (None, STDIN) else Path(args.output)
     if output is not None:
         output_format(output)
+        check_output_path(output)
     if inputs.keys is not None and (output is None or output.suffix.lower() not in KEYED_FORMATS):
         raise InputError(f"--id-field needs --output FILE{' or FILE'.join(KEYED_FORMATS)}: "
                          f"{'a .npy file' if output else 'the JSON on stdout'} holds vectors only")

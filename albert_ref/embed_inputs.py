@@ -128,6 +128,10 @@ def _jsonl(text: str, name: str, fields: list[str], id_field: str | None) -> Inp
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             raise InputError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        except RecursionError:
+            raise InputError(f"{where}: JSON nested too deeply to read") from None
+        except ValueError as exc:  # e.g. an integer of more digits than Python converts
+            raise InputError(f"{where}: not valid JSON ({exc})") from None
         if not isinstance(record, dict):
             raise InputError(f"{where}: expected a JSON object, got {type(record).__name__}")
         values = [_field(record, field, where, "--field", (str,)) for field in fields]

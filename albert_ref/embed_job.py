@@ -7,6 +7,12 @@ A Ctrl-C or a kill therefore loses at most the chunk being computed and never le
 corrupt FILE; running the same command again finds the finished chunks and goes on, and
 since a chunk's rows are computed the same way whenever it runs, the result is bit for bit
 that of an uninterrupted run.
+
+The manifest records each chunk's SHA-256 (written before the chunk itself). A chunk is
+used only if its bytes match that digest and it holds exactly its rows' ids, finite
+float32 vectors of the model's width and their truncation counts; any other chunk
+(truncated, flipped, a copy of another, re-saved, NaN, a directory...) is recomputed, and
+the user is told.
 """
 from __future__ import annotations
 
@@ -14,9 +20,11 @@ import contextlib
 import fcntl
 import glob
 import hashlib
+import io
 import json
 import shutil
 import sys
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +38,7 @@ from albert_ref.encoder import Encoder
 from albert_ref.errors import InputError
 
 MANIFEST_FORMAT = "albert-ref embed job"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: chunk digests
 
 
 @dataclass(frozen=True)
@@ -63,16 +71,24 @@ def job_description(encoder: Encoder, inputs: Inputs, settings: Settings, output
     return job
 
 
+class BadChunk(Exception):
+    """A saved chunk that cannot be used; the message says why. Never escapes run_job."""
+
+
 class Job:
     """One output file's chunks and manifest in FILE.partial/."""
 
-    def __init__(self, output: Path, description: dict):
+    def __init__(self, output: Path, description: dict, ids: np.ndarray, dim: int):
         self.output = output
         self.folder = output.with_name(output.name + ".partial")
+        self.manifest = self.folder / "manifest.json"
         self.description = description
+        self.ids = ids
+        self.dim = dim
         self.rows = description["rows"]
         self.chunk_rows = description["chunk_rows"]
         self.chunks = -(-self.rows // self.chunk_rows)
+        self.digests: dict[str, str] = {}  # chunk file name -> SHA-256 of its bytes
 
     def chunk_path(self, k: int) -> Path:
         return self.folder / f"chunk-{k:06d}.npz"
@@ -100,62 +116,127 @@ class Job:
                 raise InputError(f"{self.folder} is in use by another albert-ref embed writing {self.output}") from None
             leftovers = f".{glob.escape(self.output.name)}.*.tmp"  # atomic_path's temporaries of a killed run
             for stale in [*self.folder.glob(".*.tmp"), *self.output.parent.glob(leftovers)]:
-                stale.unlink()
+                _remove(stale)
             if restart:
                 for path in self.folder.iterdir():
                     if path.name != "lock":
-                        path.unlink()
+                        _remove(path)
             self._claim()
             yield
 
     def _claim(self) -> None:
-        manifest = self.folder / "manifest.json"
-        if manifest.exists():
+        if self.manifest.exists():
             try:
-                found = json.loads(manifest.read_text())
-            except (OSError, ValueError) as exc:
-                raise InputError(f"{manifest}: unreadable ({exc}); run with --restart to discard it") from None
+                found = json.loads(self.manifest.read_text())
+            except (OSError, ValueError, RecursionError) as exc:
+                raise InputError(f"{self.manifest}: unreadable ({exc}); run with --restart to discard it") from None
             job = found.get("job") if isinstance(found, dict) else None
             if job != self.description:
                 changed = sorted(k for k in self.description if (job or {}).get(k) != self.description[k])
                 raise InputError(f"{self.folder} holds an unfinished job for a different command (it differs in: "
                                  f"{', '.join(changed)}); rerun that command to finish it, or add --restart "
                                  f"to discard it")
-            return
-        with atomic_output(manifest, "w") as fh:
-            json.dump({"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "job": self.description}, fh,
-                      indent=1)
+            chunks = found.get("chunks") if found.get("version") == MANIFEST_VERSION else None
+            if isinstance(chunks, dict):
+                self.digests = {name: digest for name, digest in chunks.items()
+                                if isinstance(name, str) and isinstance(digest, str)}
+            else:
+                print(f"albert-ref: {self.manifest} records no chunk digests (an older albert-ref wrote it): "
+                      f"its chunks are recomputed", file=sys.stderr)
+        self._write_manifest()
 
-    def done(self, k: int) -> bool:
-        """Chunk files appear only whole (atomic rename); one that does not read back as
-        the right shape is recomputed."""
+    def _write_manifest(self) -> None:
+        with atomic_output(self.manifest, "w") as fh:
+            json.dump({"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "job": self.description,
+                       "chunks": self.digests}, fh, indent=1)
+
+    def usable(self, k: int) -> bool:
+        """Whether chunk k is saved and passes every check; one that exists but fails is
+        removed, and the user told why, so that it is recomputed."""
+        path = self.chunk_path(k)
+        if not path.exists() and not path.is_symlink():
+            return False
         try:
-            with np.load(self.chunk_path(k)) as part:
-                return part["vectors"].shape[0] == part["ids"].shape[0] == self.size(k)
-        except (OSError, ValueError, KeyError):
+            self.load(k)
+            return True
+        except BadChunk as exc:
+            print(f"albert-ref: {path.name} in {self.folder} cannot be used ({exc}): recomputing it", file=sys.stderr)
+            _remove(path)
+            self.digests.pop(path.name, None)
             return False
 
-    def save(self, k: int, ids: np.ndarray, vectors: np.ndarray, truncated: np.ndarray) -> None:
-        with atomic_output(self.chunk_path(k)) as fh:
-            np.savez(fh, ids=ids, vectors=vectors, truncated=truncated)
+    def load(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(ids, vectors, truncated) of chunk k, from bytes that match the manifest's
+        digest and hold what chunk k must hold; BadChunk otherwise."""
+        path = self.chunk_path(k)
+        if path.is_symlink() or not path.is_file():
+            raise BadChunk("not a regular file")
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise BadChunk(f"unreadable: {exc.strerror or exc}") from None
+        expected = self.digests.get(path.name)
+        if expected is None:
+            raise BadChunk("not recorded in the manifest")
+        if hashlib.sha256(data).hexdigest() != expected:
+            raise BadChunk("its SHA-256 differs from the manifest's")
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as part:
+                if sorted(part.files) != ["ids", "truncated", "vectors"]:
+                    raise BadChunk(f"it holds {', '.join(sorted(part.files))}")
+                ids, vectors, truncated = part["ids"], part["vectors"], part["truncated"]
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            raise BadChunk(f"not a readable .npz: {exc}") from None
+        rows, size = self.rows_of(k), self.size(k)
+        if vectors.dtype != np.float32 or vectors.shape != (size, self.dim):
+            raise BadChunk(f"vectors are {vectors.dtype} {vectors.shape}, not float32 {(size, self.dim)}")
+        if not np.isfinite(vectors).all():
+            raise BadChunk("vectors are not all finite")
+        if ids.dtype != self.ids.dtype or not np.array_equal(ids, self.ids[rows]):
+            raise BadChunk("its row ids are not this chunk's")
+        if truncated.shape != (size,) or not np.issubdtype(truncated.dtype, np.integer) or (truncated < 0).any():
+            raise BadChunk("its truncation counts are malformed")
+        return ids, vectors, truncated
 
-    def parts(self, *keys: str):
-        """Each chunk's arrays named by `keys`, chunk by chunk in row order."""
+    def save(self, k: int, ids: np.ndarray, vectors: np.ndarray, truncated: np.ndarray) -> None:
+        """The digest goes into the manifest first: a kill between the two writes leaves a
+        recorded chunk missing (recomputed), never an unrecorded one in place."""
+        buffer = io.BytesIO()
+        np.savez(buffer, ids=ids, vectors=vectors, truncated=truncated)
+        data = buffer.getvalue()
+        self.digests[self.chunk_path(k).name] = hashlib.sha256(data).hexdigest()
+        self._write_manifest()
+        with atomic_output(self.chunk_path(k)) as fh:
+            fh.write(data)
+
+    def parts(self):
+        """Each chunk's (ids, vectors, truncated), chunk by chunk in row order, checked
+        again as they are read."""
         for k in range(self.chunks):
-            with np.load(self.chunk_path(k)) as part:
-                yield tuple(part[key] for key in keys)
+            try:
+                yield self.load(k)
+            except BadChunk as exc:
+                raise InputError(f"{self.chunk_path(k)} changed while the job held it ({exc}); run the same "
+                                 f"command again to recompute it") from None
 
     def discard(self) -> None:
         shutil.rmtree(self.folder)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def run_job(encoder: Encoder, inputs: Inputs, settings: Settings, output: Path, *, restart: bool = False,
             meta: dict | None = None) -> np.ndarray:
     """Embed `inputs` into `output`, resuming a previous run of the same job. Returns the
     word pieces dropped per row, for the truncation report."""
-    job = Job(output, job_description(encoder, inputs, settings, output))
+    job = Job(output, job_description(encoder, inputs, settings, output), inputs.ids, encoder.dim)
     with job.locked(restart):
-        todo = [k for k in range(job.chunks) if not job.done(k)]
+        todo = [k for k in range(job.chunks) if not job.usable(k)]
         finished = job.rows - sum(job.size(k) for k in todo)
         if finished:
             print(f"albert-ref: resuming {output}: {finished} of {job.rows} texts already embedded in {job.folder}",
@@ -178,7 +259,7 @@ def run_job(encoder: Encoder, inputs: Inputs, settings: Settings, output: Path, 
         cut = []                                # the truncation counts, kept as the chunks stream past
 
         def parts():
-            for ids, vectors, truncated in job.parts("ids", "vectors", "truncated"):
+            for ids, vectors, truncated in job.parts():
                 cut.append(truncated)
                 yield ids, vectors, truncated
         write_output(output, parts(), job.rows, encoder.dim, {**job.description, **(meta or {})}, keys=inputs.keys)

@@ -23,3 +23,12 @@ class InputError(AlbertRefError, ValueError):
 
 class TokenizerError(AlbertRefError):
     """Text cannot be tokenized (no tokenizer in the model file, undecodable bytes, ...)."""
+
+
+class OutputError(AlbertRefError):
+    """An output cannot be written where asked (an existing directory, a missing parent)."""
+
+
+class CheckFailed(AlbertRefError):
+    """A check ran and found a difference (a golden digest, a checksum): the CLI exits 1,
+    where every other error exits 2."""

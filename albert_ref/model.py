@@ -18,6 +18,8 @@ def make_ops(backend: str, dtype: str | None, threads: int | None):
     """The ops object for a backend name. Kernel backends are float32 only."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise InputError(f"threads must be a positive integer, got {threads!r}")
     if backend == "numpy":
         return NumpyOps(dtype or "float64")
     if dtype not in (None, "float32"):
@@ -27,12 +29,25 @@ def make_ops(backend: str, dtype: str | None, threads: int | None):
         from albert_ref.cuda_backend import CudaOps
         return CudaOps()
     from albert_ref.kernel_backend import KernelOps
-    return KernelOps(fast=backend == "cpu", threads=threads)
+    try:
+        return KernelOps(fast=backend == "cpu", threads=threads)
+    except ValueError as exc:  # more threads than NUMBA_NUM_THREADS
+        raise InputError(str(exc)) from None
 
 
 def tokenizer_of(model_file: ModelFile):
     """The tokenizer a model file carries, with the preprocessing options it was stored with."""
     return _make_tokenizer(model_file.spm_model, model_file.tokenizer_options)
+
+
+def check_tokenizer(model_file: ModelFile):
+    """The model file's tokenizer, loaded by sentencepiece, after checking that its pieces
+    are exactly the model's vocabulary (more would yield ids beyond the embedding table)."""
+    tok = tokenizer_of(model_file)
+    if tok.vocab_size != model_file.config.vocab_size:
+        raise TokenizerError(f"the sentencepiece model has {tok.vocab_size} pieces, but the model's vocab_size is "
+                             f"{model_file.config.vocab_size}: they do not belong together")
+    return tok
 
 
 def _make_tokenizer(spm_model, options):

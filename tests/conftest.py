@@ -9,3 +9,8 @@ if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":  # the CUDA kernels' simulator
     from albert_ref.kernels import cuda_fmath
 
     cuda_fmath.lock_simulated_shared_arrays()
+
+# `pytest tests/test_fuzz.py --hypothesis-profile=fuzz`: the long fuzzing run (tests/test_fuzz.py).
+from hypothesis import settings  # noqa: E402
+
+settings.register_profile("fuzz", max_examples=int(os.environ.get("HYPOTHESIS_FUZZ_EXAMPLES", 1000)), deadline=None)

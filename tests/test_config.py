@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, strategies as st
 
-from albert_ref.config import AlbertConfig
+from albert_ref.config import LIMITS, AlbertConfig
 from albert_ref.errors import ConfigError
 
 MODULE_CARD = {
@@ -84,3 +84,35 @@ def test_canonical_round_trip():
     assert AlbertConfig.from_dict(json.loads(c.to_json())) == c
     with pytest.raises(ConfigError, match="unknown config field"):
         AlbertConfig.from_dict({**c.to_dict(), "gap_size": 0})
+
+
+@pytest.mark.parametrize("field", sorted(LIMITS))
+def test_every_integer_field_has_a_plausible_range(field):
+    base = AlbertConfig.from_original(MODULE_CARD).to_dict()
+    for value in (LIMITS[field] + 1, 10**9, 10**400):
+        for reader in (AlbertConfig.from_dict, AlbertConfig.from_original, AlbertConfig.from_huggingface):
+            data = {**base, field: value}
+            if reader is not AlbertConfig.from_dict:
+                data["hidden_act"] = "gelu"
+                del data["project_embeddings"]
+            with pytest.raises(ConfigError, match=f"'{field}' is .*beyond the plausible range 1..{LIMITS[field]}"):
+                reader(data)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("layer_norm_eps", float("nan")), ("layer_norm_eps", float("inf")), ("layer_norm_eps", 0.0),
+    ("layer_norm_eps", True), ("layer_norm_eps", "1e-12"), ("initializer_range", float("nan")),
+    ("initializer_range", -1.0), ("project_embeddings", "yes"),
+])
+def test_float_and_flag_fields_are_checked(field, value):
+    with pytest.raises(ConfigError, match=f"'{field}' must be"):
+        AlbertConfig.from_dict({**AlbertConfig.from_original(MODULE_CARD).to_dict(), field: value})
+
+
+@pytest.mark.parametrize("text", ["[" * 100_000 + "]" * 100_000, '{"vocab_size": ' + "9" * 5000 + "}"])
+def test_hostile_config_json_is_a_config_error(tmp_path, text):
+    path = tmp_path / "config.json"
+    path.write_text(text)
+    for flavour in ("original", "huggingface"):
+        with pytest.raises(ConfigError, match="cannot read config"):
+            AlbertConfig.from_json_file(path, flavour)

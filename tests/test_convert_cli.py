@@ -47,11 +47,11 @@ def test_run_bad_inputs_leave_no_output(hub_h5, tmp_path):
     with np.load(HUB / "inputs.npz") as f:
         np.savez(tmp_path / "in.npz", input_ids=f["input_ids"] + 10**6, input_mask=f["input_mask"])
     r = cli("run", hub_h5, "--inputs", tmp_path / "in.npz", "--output", tmp_path / "out.npz", "--backend", "numpy")
-    assert r.returncode == 1 and "input_ids[0, 0]" in r.stderr and "vocab_size" in r.stderr
+    assert r.returncode == 2 and "input_ids[0, 0]" in r.stderr and "vocab_size" in r.stderr
     assert not (tmp_path / "out.npz").exists()
     np.savez(tmp_path / "empty.npz", nothing=np.zeros(1))
     r = cli("run", hub_h5, "--inputs", tmp_path / "empty.npz", "--output", tmp_path / "out.npz", "--backend", "numpy")
-    assert r.returncode == 1 and "no input_ids" in r.stderr
+    assert r.returncode == 2 and "no input_ids" in r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.npz", "in.npz"]  # no output, no temporary
 
 
@@ -125,7 +125,7 @@ def test_failed_conversion_leaves_no_file(tmp_path, damage, match):
     src = _corrupt_copy(tmp_path, damage)
     out = tmp_path / "out" / "model.h5"
     out.parent.mkdir()
-    assert main(["convert", str(src), str(out)]) == 1
+    assert main(["convert", str(src), str(out)]) == 2
     assert list(out.parent.iterdir()) == []
 
 
@@ -142,12 +142,12 @@ def test_truncated_hub_archive(tmp_path):
         tar.add(HUB / "variables", arcname="variables")
         tar.add(HUB / "assets", arcname="assets")
     archive.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
-    assert main(["convert", str(archive), str(tmp_path / "m.h5")]) == 1
+    assert main(["convert", str(archive), str(tmp_path / "m.h5")]) == 2
     assert not (tmp_path / "m.h5").exists()
 
 
 def test_unknown_source(tmp_path, capsys):
-    assert main(["convert", str(tmp_path / "nothing"), str(tmp_path / "m.h5")]) == 1
+    assert main(["convert", str(tmp_path / "nothing"), str(tmp_path / "m.h5")]) == 2
     assert "no such checkpoint" in capsys.readouterr().err
 
 
@@ -168,7 +168,7 @@ def test_nan_weight_in_source_leaves_no_file(tmp_path, capsys):
     src = _tiny_hf_dir(tmp_path / "hf", poison=lambda m: m.pooler.weight.__setitem__((0, 3), float("nan")))
     out = tmp_path / "out"
     out.mkdir()
-    assert main(["convert", str(src), str(out / "m.h5")]) == 1
+    assert main(["convert", str(src), str(out / "m.h5")]) == 2
     assert "bert/pooler/dense/kernel: non-finite value nan at index (3, 0)" in capsys.readouterr().err
     assert list(out.iterdir()) == []
 
@@ -184,7 +184,7 @@ def test_pickle_that_runs_code_leaves_no_file(tmp_path, capsys):
     (src / "pytorch_model.bin").write_bytes(pickle.dumps({"x": Evil()}))
     out = tmp_path / "out"
     out.mkdir()
-    assert main(["convert", str(src), str(out / "m.h5")]) == 1
+    assert main(["convert", str(src), str(out / "m.h5")]) == 2
     assert "system" in capsys.readouterr().err
     assert not marker.exists() and list(out.iterdir()) == []
 

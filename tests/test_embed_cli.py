@@ -213,7 +213,7 @@ def test_bad_inputs_fail_clearly_and_write_nothing(capsys, tmp_path, case):
     argv = args(tmp_path / "in")
     before = sorted(p.name for p in (tmp_path / "in").iterdir())
     code, out, err = embed(capsys, *argv, *([] if "-o" in argv else ["-o", tmp_path / "out.npy"]))
-    assert code == 1 and out == ""
+    assert code == 2 and out == ""
     error = err.splitlines()[-1]
     assert error.startswith("albert-ref: error: ") and re.search(match, error), err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
@@ -226,7 +226,7 @@ def test_a_different_unfinished_job_is_kept_until_restart(capsys, tmp_path):
     partial.mkdir()
     (partial / "manifest.json").write_text(json.dumps({"job": {"pooling": "cls"}}))
     code, _, err = embed(capsys, "-o", out_path, "hello")
-    assert code == 1 and "holds an unfinished job for a different command" in err and "--restart" in err
+    assert code == 2 and "holds an unfinished job for a different command" in err and "--restart" in err
     assert not out_path.exists() and (partial / "manifest.json").exists()
     code, _, err = embed(capsys, "-o", out_path, "--restart", "hello")
     assert code == 0 and out_path.exists() and not partial.exists()
@@ -238,4 +238,4 @@ def test_a_running_job_is_not_joined(capsys, tmp_path):
     with open(partial / "lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         code, _, err = embed(capsys, "-o", tmp_path / "o.npy", "hello")
-    assert code == 1 and "in use by another albert-ref embed" in err
+    assert code == 2 and "in use by another albert-ref embed" in err

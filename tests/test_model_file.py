@@ -1,4 +1,5 @@
 """The .h5 model format: lossless round trip, validation on load, atomic writes."""
+import hashlib
 import json
 import os
 
@@ -9,7 +10,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from albert_ref.errors import ModelFileError
 from albert_ref.weights.model_file import ModelFile, read_model, sha256, write_model
-from model_util import random_model_file, tiny_config
+from model_util import as_format_version_1, random_model_file, tiny_config
 
 EMB = "bert/embeddings/word_embeddings"
 
@@ -43,10 +44,18 @@ def test_round_trip_is_bit_exact(good_file, model):
 
 def test_layout_is_documented_layout(good_file, model):
     with h5py.File(good_file) as f:
-        assert f.attrs["format"] == "albert-ref" and f.attrs["format_version"] == 1
+        assert f.attrs["format"] == b"albert-ref" and f.attrs["format_version"] == 2
+        # text is fixed-length bytes (variable-length strings live in the unchecksummed global heap)
+        assert all(f.attrs.get_id(k).dtype.kind == "S" for k in f.attrs if k != "format_version")
+        assert f["weights/" + EMB].attrs.get_id("sha256").dtype.kind == "S"
+        manifest = json.loads(f.attrs["manifest"])
+        assert f.attrs["digest"].decode() == hashlib.sha256(f.attrs["manifest"]).hexdigest() == model.digest
+        assert manifest["tensors"][EMB] == {"shape": [64, 8], "dtype": "<f4", "sha256": sha256(model.tensors[EMB])}
+        assert manifest["config"] == model.config.to_dict()
+        assert manifest["tokenizer"]["options"]["do_lower_case"] is False
         ds = f["weights/" + EMB]
         assert ds.chunks is None and ds.compression is None and ds.dtype == np.dtype("<f4")
-        assert ds.attrs["sha256"] == sha256(model.tensors[EMB])
+        assert ds.attrs["sha256"].decode() == sha256(model.tensors[EMB])
         assert json.loads(f.attrs["config"])["hidden_act"] == "gelu_tanh"
 
 
@@ -207,7 +216,8 @@ def test_digest_uses_the_stored_checksums_and_never_hashes_twice(tmp_path, model
     assert verified.digest == expected and len(hashed) == len(model.tensors) + 1
 
 
-def test_unverified_read_hashes_only_what_has_no_usable_checksum(good_file, model, monkeypatch):
+def test_unverified_read_of_version_1_hashes_only_what_has_no_usable_checksum(good_file, model, monkeypatch):
+    as_format_version_1(good_file)
     _edit(good_file, lambda f: f["weights/" + EMB].attrs.__delitem__("sha256"))
     with pytest.raises(ModelFileError, match="missing attribute.*sha256"):
         read_model(good_file)
@@ -215,6 +225,15 @@ def test_unverified_read_hashes_only_what_has_no_usable_checksum(good_file, mode
     assert EMB not in back.checksums and len(back.checksums) == len(model.tensors) - 1
     hashed = _counting_sha256(monkeypatch)
     assert back.digest == model.digest and hashed == [model.tensors[EMB].nbytes]
+
+
+def test_unverified_read_of_version_2_takes_the_checksums_from_the_manifest(good_file, model, monkeypatch):
+    _edit(good_file, lambda f: f["weights/" + EMB].attrs.__delitem__("sha256"))
+    with pytest.raises(ModelFileError, match="missing attribute.*sha256"):
+        read_model(good_file)
+    hashed = _counting_sha256(monkeypatch)
+    back = read_model(good_file, verify=False)
+    assert back.digest == model.digest and hashed == []
 
 
 @pytest.mark.parametrize("edit", [

@@ -68,11 +68,11 @@ def test_float64_fixtures_without_inputs(model_path, tmp_path):
 
 def test_fixtures_write_nothing_on_failure(model_path, tmp_path, capsys, monkeypatch):
     np.savez(tmp_path / "bad.npz", input_ids=np.full((1, 3), 50))  # outside the vocab
-    assert main(["fixtures", str(model_path), str(tmp_path / "fx"), "--inputs", str(tmp_path / "bad.npz")]) == 1
+    assert main(["fixtures", str(model_path), str(tmp_path / "fx"), "--inputs", str(tmp_path / "bad.npz")]) == 2
     assert "input_ids[0, 0] = 50 is outside [0, 50)" in capsys.readouterr().err
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("mine")
-    assert main(["fixtures", str(model_path), str(tmp_path / "full")]) == 1
+    assert main(["fixtures", str(model_path), str(tmp_path / "full")]) == 2
     assert [p.name for p in (tmp_path / "full").iterdir()] == ["keep.txt"]
     saved, real_save = [], np.save
 

@@ -49,7 +49,7 @@ def test_cli_check_fails_naming_the_first_mismatch(tmp_path, capsys):
 
 def test_golden_refuses_another_model_or_contract():
     other = random_model_file(read_model(DEMO_MODEL).config, seed=1)
-    with pytest.raises(GoldenError, match="made for model dcd857b7"):
+    with pytest.raises(GoldenError, match="made for model c59a5e93"):
         check_golden(GOLDEN, other)
     doc = json.loads(GOLDEN.read_text())
     doc["contract_version"] = 2
@@ -81,9 +81,9 @@ def test_canonical_form_zeroes_padded_positions():
 
 def test_golden_file_is_written_whole_or_not_at_all(tmp_path):
     out = tmp_path / "g.json"
-    assert main(["golden", str(DEMO_MODEL), "--inputs", str(tmp_path / "missing.npz"), "-o", str(out)]) == 1
+    assert main(["golden", str(DEMO_MODEL), "--inputs", str(tmp_path / "missing.npz"), "-o", str(out)]) == 2
     np.savez(tmp_path / "bad.npz", input_ids=np.full((1, 4), 10 ** 6))
-    assert main(["golden", str(DEMO_MODEL), "--inputs", str(tmp_path / "bad.npz"), "-o", str(out)]) == 1
+    assert main(["golden", str(DEMO_MODEL), "--inputs", str(tmp_path / "bad.npz"), "-o", str(out)]) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.npz"]
 
 

@@ -2,16 +2,18 @@
 directory) and write one albert-ref model file."""
 from __future__ import annotations
 
+import gzip
 import re
 import tarfile
 import tempfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 
 from albert_ref.config import AlbertConfig
-from albert_ref.errors import ConversionError, ModelFileError
-from albert_ref.weights.model_file import ModelFile, file_sha256, write_model
+from albert_ref.errors import ConversionError, ModelFileError, TokenizerError
+from albert_ref.weights.model_file import ModelFile, file_sha256, read_model, write_model
 
 # Training state a pretraining checkpoint may carry next to the weights.
 _TRAINING_STATE = re.compile(r"(^global_step$|/adam_[mv]$|/Adam(_1)?$|/Momentum$|/lamb_[mv]$)")
@@ -24,7 +26,8 @@ def converter_version() -> str:
 
 
 def detect(src: Path) -> str:
-    """"tf_hub_module", "tf_hub_archive", "tf_checkpoint" or "huggingface"."""
+    """"tf_hub_module", "tf_hub_archive", "tf_checkpoint", "huggingface" or "albert_ref"
+    (an albert-ref model file of an older format version, rewritten in the current one)."""
     if src.is_dir():
         if (src / "variables" / "variables.index").is_file():
             return "tf_hub_module"
@@ -34,6 +37,8 @@ def detect(src: Path) -> str:
             return "tf_checkpoint"
         raise ConversionError(f"{src}: not a TF-Hub module (variables/variables.index), a Hugging Face "
                               f"directory (config.json) or a directory with exactly one TF checkpoint")
+    if src.is_file() and src.suffix == ".h5":
+        return "albert_ref"
     if src.is_file() and (src.name.endswith((".tar.gz", ".tgz", ".tar"))):
         return "tf_hub_archive"
     if Path(f"{src}.index").is_file() or (src.suffix == ".index" and src.is_file()):
@@ -50,7 +55,11 @@ def convert(src, out, *, config_path=None, spm_path=None, do_lower_case=True) ->
     """
     src, out = Path(src), Path(out)
     kind = detect(src)
-    if kind == "huggingface":
+    if kind == "albert_ref":
+        if config_path or spm_path:
+            raise ConversionError("--config/--spm apply to TF sources; an albert-ref model file carries its own")
+        model = read_model(src)
+    elif kind == "huggingface":
         if config_path or spm_path:
             raise ConversionError("--config/--spm apply to TF sources; a Hugging Face directory carries its own")
         model = _from_huggingface(src)
@@ -60,6 +69,12 @@ def convert(src, out, *, config_path=None, spm_path=None, do_lower_case=True) ->
                              do_lower_case, archive=src)
     else:
         model = _from_tf(src, kind, config_path, spm_path, do_lower_case)
+    if model.spm_model is not None:
+        from albert_ref.model import check_tokenizer
+        try:
+            check_tokenizer(model)
+        except TokenizerError as exc:
+            raise ConversionError(f"{src}: unusable tokenizer: {exc}") from None
     try:
         write_model(out, model)
     except ModelFileError as exc:
@@ -119,6 +134,7 @@ def _checkpoint_prefix(src: Path) -> Path:
 
 def _extract_hub_archive(archive: Path, dest: Path) -> Path:
     """Extract just variables/ and assets/ of a downloaded TF-Hub module archive."""
+    _check_gzip_stream(archive)
     try:
         with tarfile.open(archive) as tar:
             wanted = []
@@ -140,3 +156,17 @@ def _extract_hub_archive(archive: Path, dest: Path) -> Path:
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise ConversionError(f"{archive}: unreadable archive (truncated or corrupt?): {exc}") from None
     return dest
+
+
+def _check_gzip_stream(archive: Path) -> None:
+    """Read a gzip-compressed archive's whole stream once, so that damage is named as such
+    (tarfile takes a corrupt stream for the end of the archive and reports files missing)."""
+    with open(archive, "rb") as fh:
+        if fh.read(2) != b"\x1f\x8b":
+            return
+    try:
+        with gzip.open(archive) as stream:
+            while stream.read(1 << 24):
+                pass
+    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+        raise ConversionError(f"{archive}: damaged gzip stream (truncated or corrupt download?): {exc}") from None

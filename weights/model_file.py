@@ -19,13 +19,29 @@ from albert_ref.errors import ConfigError, ModelFileError
 from albert_ref.weights.names import encoder_shapes, head_shapes
 
 FORMAT_NAME = "albert-ref"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# What a file of each readable version guarantees (`albert-ref info` states it).
+GUARANTEES = {
+    1: "format version 1: each tensor and the tokenizer have a SHA-256, but the config, the tokenizer options and "
+       "which data belongs to which tensor name are covered by no stored checksum; the digest is computed on "
+       "reading. Rewrite the file (`albert-ref convert OLD.h5 NEW.h5`) for version 2's guarantee",
+    2: "format version 2: a manifest of the config, the tokenizer (bytes' SHA-256 and options) and every tensor's "
+       "name, shape, dtype and SHA-256 is stored with its digest and checked on reading",
+}
 TOKENIZER_OPTIONS = {"flavour": "original", "do_lower_case": True, "keep_accents": False, "remove_space": True}
+# The attributes each object may carry; anything else in a file is refused.
+_ROOT_ATTRS = {1: {"format", "format_version", "config", "provenance"},
+               2: {"format", "format_version", "config", "provenance", "manifest", "digest"}}
 
 
 class ChecksumError(ModelFileError):
     """A tensor's or the tokenizer's data does not match its stored SHA-256: the file is
     damaged. Everything else about it was valid up to that dataset."""
+
+
+class ManifestError(ModelFileError):
+    """A version-2 file's contents (config, tokenizer, tensor names, shapes, dtypes,
+    checksums) differ from its manifest, or the manifest from its digest."""
 
 
 @dataclasses.dataclass
@@ -40,26 +56,58 @@ class ModelFile:
     # digest uses them instead of hashing the data again, and hashes whatever is missing.
     checksums: dict | None = dataclasses.field(default=None, repr=False, compare=False)
     tokenizer_checksum: str | None = dataclasses.field(default=None, repr=False, compare=False)
+    # The version of the file read (GUARANTEES says what it promises); write_model always
+    # writes FORMAT_VERSION.
+    format_version: int = dataclasses.field(default=FORMAT_VERSION, compare=False)
 
     def __post_init__(self):
-        unknown = set(self.tokenizer_options) - set(TOKENIZER_OPTIONS)
-        if unknown:
-            raise ModelFileError(f"unknown tokenizer option(s): {', '.join(sorted(unknown))}")
-        self.tokenizer_options = {**TOKENIZER_OPTIONS, **self.tokenizer_options}
+        self.tokenizer_options = check_tokenizer_options({**TOKENIZER_OPTIONS, **self.tokenizer_options}
+                                                         if isinstance(self.tokenizer_options, dict)
+                                                         else self.tokenizer_options)
 
     @property
     def heads(self) -> tuple[str, ...]:
         return tuple(h for h, names in head_shapes(self.config).items() if set(names) <= set(self.tensors))
 
+    def manifest(self) -> dict:
+        """Everything that decides an output: the config, the tokenizer's bytes (SHA-256
+        and length) and options, and every tensor's name, shape, dtype and SHA-256."""
+        known = self.checksums or {}
+        tokenizer = None if self.spm_model is None else {
+            "bytes": len(self.spm_model), "sha256": self.tokenizer_checksum or sha256(self.spm_model),
+            "options": self.tokenizer_options}
+        return {"config": self.config.to_dict(),
+                "tensors": {n: {"shape": list(t.shape), "dtype": t.dtype.str, "sha256": known.get(n) or sha256(t)}
+                            for n, t in sorted(self.tensors.items())},
+                "tokenizer": tokenizer}
+
     @property
     def digest(self) -> str:
-        """SHA-256 identifying the model: config, every tensor and the tokenizer."""
-        known = self.checksums or {}
-        doc = {"config": self.config.to_dict(),
-               "tensors": {n: known.get(n) or sha256(t) for n, t in self.tensors.items()},
-               "tokenizer": None if self.spm_model is None else self.tokenizer_checksum or sha256(self.spm_model),
-               "tokenizer_options": self.tokenizer_options}
-        return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+        """SHA-256 of the canonical manifest: two models with the same digest compute the
+        same function."""
+        return hashlib.sha256(canonical_json(self.manifest()).encode()).hexdigest()
+
+
+def canonical_json(doc) -> str:
+    """The one serialisation hashed into a digest: sorted keys, no spaces, ASCII."""
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
+def check_tokenizer_options(options) -> dict:
+    """The four tokenizer options, each of a known value (an unknown flavour is refused)."""
+    from albert_ref.tokenizer import FLAVOURS
+    if not isinstance(options, dict) or set(options) != set(TOKENIZER_OPTIONS):
+        unknown = sorted(set(options) - set(TOKENIZER_OPTIONS)) if isinstance(options, dict) else []
+        raise ModelFileError(f"tokenizer options must be an object with exactly {', '.join(sorted(TOKENIZER_OPTIONS))}"
+                             + (f"; unknown: {', '.join(map(str, unknown))}" if unknown else ""))
+    if options["flavour"] not in FLAVOURS:
+        raise ModelFileError(f"tokenizer option flavour {options['flavour']!r} is not one of {', '.join(FLAVOURS)}")
+    for name in ("do_lower_case", "keep_accents", "remove_space"):
+        if not isinstance(options[name], bool):
+            raise ModelFileError(f"tokenizer option {name} must be true or false, got {options[name]!r}")
+    if options["keep_accents"] and options["flavour"] == "original":
+        raise ModelFileError("tokenizer option keep_accents exists only in the 'huggingface' flavour")
+    return options
 
 
 def sha256(data) -> str:
@@ -78,8 +126,10 @@ def file_sha256(path) -> str:
     return h.hexdigest()
 
 
-def check_tensors(config: AlbertConfig, tensors: dict[str, np.ndarray], where: str = "") -> None:
-    """Names, shapes, dtype and finiteness of a model's tensors against its config."""
+def check_tensors(config: AlbertConfig, tensors: dict, where: str = "", finite: bool = True) -> None:
+    """Names, shapes, dtype and (finite=True) finiteness of a model's tensors against its
+    config; with finite=False the values may be anything with a shape and a dtype (an
+    h5py dataset, checked before its data is read)."""
     expected = encoder_shapes(config)
     missing = sorted(set(expected) - set(tensors))
     if missing:
@@ -97,7 +147,7 @@ def check_tensors(config: AlbertConfig, tensors: dict[str, np.ndarray], where: s
             raise ModelFileError(f"{where}tensor {name}: dtype {array.dtype}, expected float32")
         if array.shape != expected[name]:
             raise ModelFileError(f"{where}tensor {name}: shape {array.shape}, expected {expected[name]} from the config")
-        if not np.isfinite(array).all():
+        if finite and not np.isfinite(array).all():
             bad = np.argwhere(~np.isfinite(array))[0]
             raise ModelFileError(f"{where}tensor {name}: non-finite value {array[tuple(bad)]} at index {tuple(bad.tolist())}")
 
@@ -108,22 +158,35 @@ def write_model(path, model: ModelFile) -> None:
     path = Path(path)
     check_tensors(model.config, model.tensors)
     checksums, tokenizer_checksum = {}, None
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
-        f.attrs["format"] = FORMAT_NAME
+    # libver v110 (HDF5 >= 1.10 reads it): object headers, heaps and B-trees carry
+    # checksums, so that damaged metadata is an error on reading. Text attributes are
+    # fixed-length byte strings: variable-length ones live in the global heap, which has no
+    # checksum and on which a damaged file can make HDF5 loop forever.
+    with atomic_path(path) as tmp, h5py.File(tmp, "w", libver=("v110", "v110")) as f:
+        _set_text(f, "format", FORMAT_NAME)
         f.attrs["format_version"] = FORMAT_VERSION
-        f.attrs["config"] = model.config.to_json()
-        f.attrs["provenance"] = json.dumps(model.provenance, sort_keys=True)
+        _set_text(f, "config", model.config.to_json())
+        _set_text(f, "provenance", json.dumps(model.provenance, sort_keys=True))
         weights = f.create_group("weights")
         for name in sorted(model.tensors):
             array = np.ascontiguousarray(model.tensors[name], dtype="<f4")
             ds = weights.create_dataset(name, data=array)
-            ds.attrs["sha256"] = checksums[name] = sha256(array)
+            _set_text(ds, "sha256", checksums.setdefault(name, sha256(array)))
         if model.spm_model is not None:
             tok = f.create_group("tokenizer")
             ds = tok.create_dataset("sentencepiece", data=np.frombuffer(model.spm_model, dtype=np.uint8))
-            ds.attrs["sha256"] = tokenizer_checksum = sha256(model.spm_model)
-            tok.attrs["options"] = json.dumps(model.tokenizer_options, sort_keys=True)
-    model.checksums, model.tokenizer_checksum = checksums, tokenizer_checksum
+            tokenizer_checksum = sha256(model.spm_model)
+            _set_text(ds, "sha256", tokenizer_checksum)
+            _set_text(tok, "options", json.dumps(model.tokenizer_options, sort_keys=True))
+        model.checksums, model.tokenizer_checksum = checksums, tokenizer_checksum
+        manifest = canonical_json(model.manifest())
+        _set_text(f, "manifest", manifest)
+        _set_text(f, "digest", hashlib.sha256(manifest.encode()).hexdigest())
+    model.format_version = FORMAT_VERSION
+
+
+def _set_text(obj, name: str, text: str) -> None:
+    obj.attrs[name] = np.bytes_(text.encode("utf-8"))
 
 
 def read_model(path, verify: bool = True) -> ModelFile:
@@ -162,54 +225,123 @@ def _attr(obj, name, path, kind=str):
 def _json_attr(obj, name, path):
     try:
         return json.loads(_attr(obj, name, path))
-    except json.JSONDecodeError as exc:
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, a 5,000-digit int, deep nesting
         raise ModelFileError(f"{path}: attribute {obj.name}:{name} is not valid JSON: {exc}") from None
+
+
+def _check_attrs(obj, allowed, path) -> None:
+    unexpected = sorted(set(obj.attrs) - set(allowed))
+    if unexpected:
+        raise ModelFileError(f"{path}: unexpected attribute(s) on {obj.name}: {', '.join(unexpected)}")
 
 
 def _read(f: h5py.File, path: Path, verify: bool) -> ModelFile:
     if _attr(f, "format", path) != FORMAT_NAME:
         raise ModelFileError(f"{path}: not an albert-ref model file (format {f.attrs['format']!r})")
     version = _attr(f, "format_version", path, int)
-    if version != FORMAT_VERSION:
-        raise ModelFileError(f"{path}: format_version {version} is not supported (this albert-ref reads {FORMAT_VERSION})")
+    if version not in _ROOT_ATTRS:
+        raise ModelFileError(f"{path}: format_version {version} is not supported (this albert-ref reads "
+                             f"{', '.join(map(str, _ROOT_ATTRS))})")
+    _check_attrs(f, _ROOT_ATTRS[version], path)
     try:
         config = AlbertConfig.from_dict(_json_attr(f, "config", path))
     except ConfigError as exc:
         raise ModelFileError(f"{path}: invalid config: {exc}") from None
     provenance = _json_attr(f, "provenance", path)
+    manifest = _read_manifest(f, path) if version >= 2 else None
 
     datasets = _walk(f, path)
     unexpected = sorted(n for n in datasets if not n.startswith("weights/") and n != "tokenizer/sentencepiece")
     if unexpected:
         raise ModelFileError(f"{path}: unexpected object(s): {', '.join(unexpected)}")
-    tensors, checksums = {}, {}
-    for name, ds in datasets.items():
-        if not name.startswith("weights/"):
-            continue
+    weights = {name[8:]: ds for name, ds in datasets.items() if name.startswith("weights/")}
+    for name, ds in weights.items():
+        _check_attrs(ds, {"sha256"}, path)
         if ds.dtype != np.dtype("<f4"):
-            raise ModelFileError(f"{path}: tensor {name[8:]}: dtype {ds.dtype}, expected little-endian float32")
-        tensors[name[8:]], checksums[name[8:]] = _read_dataset(ds, name[8:], path, verify)
+            raise ModelFileError(f"{path}: tensor {name}: dtype {ds.dtype}, expected little-endian float32")
+    check_tensors(config, weights, f"{path}: ", finite=False)  # names and shapes, before reading any data
+    tensors, checksums = {}, {}
+    for name, ds in weights.items():
+        tensors[name], checksums[name] = _read_dataset(ds, name, path, verify)
     check_tensors(config, tensors, f"{path}: ")
 
     spm_model, spm_checksum, options = None, None, dict(TOKENIZER_OPTIONS)
     if "tokenizer/sentencepiece" in datasets:
         ds = datasets["tokenizer/sentencepiece"]
+        _check_attrs(ds, {"sha256"}, path)
         if ds.dtype != np.uint8 or ds.ndim != 1:
             raise ModelFileError(f"{path}: tokenizer/sentencepiece must be a 1-D uint8 dataset")
         spm_model, spm_checksum = _read_dataset(ds, "tokenizer/sentencepiece", path, verify)
         spm_model = spm_model.tobytes()
-        stored = _json_attr(f["tokenizer"], "options", path)
-        if not isinstance(stored, dict) or set(stored) != set(options):
-            raise ModelFileError(f"{path}: tokenizer options must be a JSON object with {sorted(options)}")
-        options = stored
+        try:
+            options = check_tokenizer_options(_json_attr(f["tokenizer"], "options", path))
+        except ModelFileError as exc:
+            raise ModelFileError(f"{path}: {exc}") from None
+    if manifest is not None and not verify:
+        # Unverified, the data is trusted to match the manifest (whose integrity the digest
+        # has confirmed); the per-dataset attributes are checked against the data only when
+        # verifying, so that a damaged one can still be described (`albert-ref info`).
+        listed = manifest["tensors"] if isinstance(manifest["tensors"], dict) else {}
+        checksums = {n: listed[n].get("sha256") if isinstance(listed.get(n), dict) else None for n in tensors}
+        if isinstance(manifest["tokenizer"], dict):
+            spm_checksum = manifest["tokenizer"].get("sha256")
     checksums = {n: c for n, c in checksums.items() if c is not None}
-    return ModelFile(config, tensors, spm_model, options, provenance, checksums, spm_checksum)
+    model = ModelFile(config, tensors, spm_model, options, provenance, checksums, spm_checksum, version)
+    if manifest is not None:
+        _check_manifest(model.manifest(), manifest, path)
+    return model
+
+
+def _read_manifest(f: h5py.File, path: Path) -> dict:
+    """The stored manifest, after checking it against the stored digest."""
+    text, digest = _attr(f, "manifest", path), _attr(f, "digest", path)
+    if hashlib.sha256(text.encode()).hexdigest() != digest:
+        raise ManifestError(f"{path}: the manifest does not match the stored digest: the file is corrupt")
+    manifest = _json_attr(f, "manifest", path)
+    if not isinstance(manifest, dict) or set(manifest) != {"config", "tensors", "tokenizer"}:
+        raise ManifestError(f"{path}: the manifest is not an object with config, tensors and tokenizer")
+    return manifest
+
+
+def _check_manifest(actual: dict, stored: dict, path: Path) -> None:
+    """Raise ManifestError naming the first field where the file's contents and its
+    manifest differ."""
+    if canonical_json(actual) == canonical_json(stored):
+        return
+    for section in ("config", "tokenizer"):
+        if actual[section] != stored[section]:
+            where = _first_difference(actual[section], stored[section], section)
+            raise ManifestError(f"{path}: {where}: the file was altered or is corrupt")
+    listed = stored["tensors"] if isinstance(stored["tensors"], dict) else {}
+    extra, missing = sorted(set(actual["tensors"]) - set(listed)), sorted(set(listed) - set(actual["tensors"]))
+    if extra or missing:
+        raise ManifestError(f"{path}: the tensors differ from the manifest (not listed: {', '.join(extra) or 'none'}; "
+                            f"listed but absent: {', '.join(missing) or 'none'}): the file was altered or is corrupt")
+    owners = {entry.get("sha256"): name for name, entry in listed.items() if isinstance(entry, dict)}
+    for name, entry in actual["tensors"].items():
+        if entry != listed[name]:
+            other = owners.get(entry["sha256"])
+            if other is not None and other != name:
+                raise ManifestError(f"{path}: tensor {name} holds the data the manifest lists for {other} "
+                                    f"(swapped or re-labelled tensors): the file was altered or is corrupt")
+            where = _first_difference(entry, listed[name], f"tensor {name}")
+            raise ManifestError(f"{path}: {where}: the file was altered or is corrupt")
+    raise ManifestError(f"{path}: the manifest is not in canonical form: the file was altered or is corrupt")
+
+
+def _first_difference(actual, stored, where: str) -> str:
+    if isinstance(actual, dict) and isinstance(stored, dict):
+        for key in sorted(set(actual) | set(stored)):
+            if actual.get(key, "<absent>") != stored.get(key, "<absent>"):
+                return _first_difference(actual.get(key, "<absent>"), stored.get(key, "<absent>"), f"{where}.{key}")
+    return f"{where} is {json.dumps(actual)[:80]}, the manifest says {json.dumps(stored)[:80]}"
 
 
 def _walk(f: h5py.File, path: Path) -> dict[str, h5py.Dataset]:
-    """Every dataset below the root; links other than hard links and any object that is
-    not a group or dataset are refused (they could point outside the file)."""
-    found = {}
+    """Every dataset below the root. Refused: links other than hard links (they could
+    point outside the file), an object reachable by two names (an alias makes one tensor
+    pass for another), groups that hold no dataset, and anything not a group or dataset."""
+    found, groups = {}, []
 
     def visit(group, prefix):
         for key in group:
@@ -217,7 +349,11 @@ def _walk(f: h5py.File, path: Path) -> dict[str, h5py.Dataset]:
             if not isinstance(link, h5py.HardLink):
                 raise ModelFileError(f"{path}: {prefix}{key} is a {type(link).__name__}; only plain objects are allowed")
             obj = group[key]
+            if h5py.h5o.get_info(obj.id).rc != 1:
+                raise ModelFileError(f"{path}: {prefix}{key} is linked more than once (an alias of another object)")
             if isinstance(obj, h5py.Group):
+                groups.append(f"{prefix}{key}/")
+                _check_attrs(obj, {"options"} if obj.name == "/tokenizer" else set(), path)
                 visit(obj, f"{prefix}{key}/")
             elif isinstance(obj, h5py.Dataset):
                 found[prefix + key] = obj
@@ -225,6 +361,9 @@ def _walk(f: h5py.File, path: Path) -> dict[str, h5py.Dataset]:
                 raise ModelFileError(f"{path}: {prefix}{key} is an unexpected {type(obj).__name__}")
 
     visit(f, "")
+    empty = sorted(g for g in groups if not any(name.startswith(g) for name in found))
+    if empty:
+        raise ModelFileError(f"{path}: unexpected object(s): {', '.join(g.rstrip('/') for g in empty)} (holding no data)")
     return found
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from albert_ref.atomic import atomic_output
+from albert_ref.atomic import atomic_output, check_output_path
 from albert_ref.errors import AlbertRefError
 from albert_ref.testing.fixtures import write_fixtures
 from albert_ref.testing.golden import GoldenMismatch, check_golden, dumps, make_golden
@@ -22,6 +22,8 @@ def _cmd_golden(args):
         return
     if args.model is None or args.inputs is None:
         raise AlbertRefError("give MODEL.h5 and --inputs in.npz to make a golden, or --check golden.json")
+    if args.output:
+        check_output_path(args.output)
     text = dumps(make_golden(Oracle(args.model, args.backend), *load_inputs(args.inputs)))
     if args.output:
         with atomic_output(args.output, "w") as fh:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from albert_ref.errors import AlbertRefError
+from albert_ref.errors import AlbertRefError, CheckFailed
 from albert_ref.kernels import CONTRACT_VERSION
 from albert_ref.testing.inputs import INPUT_NAMES
 from albert_ref.testing.layout import real_positions
@@ -36,7 +36,7 @@ class GoldenError(AlbertRefError):
     """A golden file is malformed, or made for another model or contract version."""
 
 
-class GoldenMismatch(AlbertRefError):
+class GoldenMismatch(CheckFailed):
     """Digests differ from the golden file's (the CLI prints the report and exits 1)."""
 
 

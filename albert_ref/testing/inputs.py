@@ -2,23 +2,18 @@
 deterministic batch when none is given."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from albert_ref.config import AlbertConfig
 from albert_ref.errors import AlbertRefError
+from albert_ref.npz_inputs import read_npz
 
 INPUT_NAMES = ("input_ids", "input_mask", "segment_ids")
 
 
 def load_inputs(path) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """(input_ids, input_mask, segment_ids) from an .npz; the last two may be absent."""
-    try:
-        with np.load(Path(path), allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError) as exc:
-        raise AlbertRefError(f"{path}: not a readable .npz archive of input arrays: {exc}") from None
+    arrays = read_npz(path)
     if "input_ids" not in arrays:
         raise AlbertRefError(f"{path}: has no input_ids array (found: {', '.join(arrays) or 'nothing'})")
     unknown = sorted(set(arrays) - set(INPUT_NAMES))
