@@ -3,7 +3,7 @@ into least-padding forward passes, run one at a time on one compute thread.
 
 Each text waits as its token ids. When work arrives at an idle batcher it lets a short
 collection window pass (so that requests sent together share a pass), unless a full
-batch is already waiting; then it plans the oldest waiting texts with the Encoder's
+batch is already waiting (texts left over from the last plan never wait again); then it plans the oldest waiting texts with the Encoder's
 planner (plan_batches, at most max_batch_requests texts and max_batch_tokens padded
 tokens a pass) and runs the planned batch that holds the oldest text, so that no text
 waits behind a stream of better-fitting ones. By the bit contract a text's vector does
@@ -96,6 +96,7 @@ class Batcher:
         self._cond = threading.Condition()
         self._pending: list[_Text] = []
         self._pending_tokens = 0
+        self._planned_at = -np.inf  # when the last batch was taken
         self._draining = False
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="albert-ref-compute", daemon=True)
@@ -172,12 +173,15 @@ class Batcher:
                     self._cond.wait()
                 if not self._pending:
                     return None
-                while self._pending and not self._draining and not self._full():
+                # Texts left over from the last plan had their window: they run at once.
+                while self._pending and not self._draining and not self._full() \
+                        and self._pending[0].queued_at > self._planned_at:
                     left = self._pending[0].queued_at + self.window_s - time.monotonic()
                     if left <= 0:
                         break
                     self._cond.wait(left)
                 if self._pending:
+                    self._planned_at = time.monotonic()
                     return self._plan()
 
     def _full(self) -> bool:

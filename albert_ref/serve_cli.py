@@ -6,6 +6,7 @@ says what to install when it is missing.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from albert_ref.encoder import POOLINGS
@@ -92,7 +93,13 @@ def run_serve(args) -> None:
                      max_client_batch_size=args.max_client_batch_size, payload_limit=args.payload_limit,
                      on_fatal=on_fatal)
     server = Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="info", access_log=False))
-    server.run()
+    # uvicorn re-raises the SIGTERM it handled once it has shut down, under the handler
+    # found at start: make that one a no-op, so that a graceful stop exits 0.
+    previous = signal.signal(signal.SIGTERM, lambda sig, frame: None)
+    try:
+        server.run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if failure:
         raise AlbertRefError(f"cannot serve {model}: {failure[0]}")
     if not server.started:
