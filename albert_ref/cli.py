@@ -168,8 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_tokenize)
 
     from albert_ref.embed import add_embed_parser
+    from albert_ref.serve_cli import add_serve_parser
     from albert_ref.testing.cli import add_testing_parsers
     add_embed_parser(sub)
+    add_serve_parser(sub)
     add_testing_parsers(sub)
 
     p = sub.add_parser("info", help="describe a model file and check its checksums")

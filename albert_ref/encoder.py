@@ -48,10 +48,12 @@ SORT_WINDOW = 4096
 BATCH_OVERHEAD_ROWS = 64
 
 
-def plan_batches(lengths, batch_size: int, overhead: int = BATCH_OVERHEAD_ROWS) -> list[tuple[int, int]]:
+def plan_batches(lengths, batch_size: int, overhead: int = BATCH_OVERHEAD_ROWS,
+                 max_tokens: int | None = None) -> list[tuple[int, int]]:
     """Cut texts sorted longest first (`lengths`, non-increasing) into consecutive batches
-    of at most batch_size: the [start, stop) ranges that minimise the total padded tokens
-    (a batch of n texts costs n * its longest length) plus `overhead` per batch.
+    of at most batch_size texts and, given max_tokens (at least lengths[0]), at most
+    max_tokens padded tokens: the [start, stop) ranges that minimise the total padded
+    tokens (a batch of n texts costs n * its longest length) plus `overhead` per batch.
 
     Fixed runs of batch_size pad every text to the longest of its run; where lengths fall
     steeply (the long tail of a corpus), shorter batches waste far less: on the 300-text
@@ -64,7 +66,10 @@ def plan_batches(lengths, batch_size: int, overhead: int = BATCH_OVERHEAD_ROWS) 
     cut = np.zeros(n + 1, dtype=np.int64)
     for stop in range(1, n + 1):
         starts = np.arange(max(0, stop - batch_size), stop)
-        cost = best[starts] + (stop - starts) * w[starts] + overhead
+        padded = (stop - starts) * w[starts]
+        cost = best[starts] + padded + overhead
+        if max_tokens is not None:
+            cost[padded > max_tokens] = np.inf  # a text alone always fits: starts[-1] stays
         k = int(np.argmin(cost))
         best[stop], cut[stop] = cost[k], starts[k]
     plan, stop = [], n
@@ -74,12 +79,12 @@ def plan_batches(lengths, batch_size: int, overhead: int = BATCH_OVERHEAD_ROWS) 
     return plan[::-1]
 
 
-def batches(lengths, batch_size: int):
+def batches(lengths, batch_size: int, max_tokens: int | None = None):
     """The forward passes for texts of these token lengths: (row indices, width) per batch,
     longest first (peak memory shows at once), as plan_batches cuts them."""
     lengths = np.asarray(lengths, dtype=np.int64)
     order = np.argsort(-lengths, kind="stable")
-    for start, stop in plan_batches(lengths[order], batch_size):
+    for start, stop in plan_batches(lengths[order], batch_size, max_tokens=max_tokens):
         rows = order[start:stop]
         yield rows, int(lengths[rows[0]])
 
@@ -163,12 +168,18 @@ class Encoder:
             raise type(exc)(f"{exc} (counting from texts[{start}])") from None
         lengths = np.asarray(batch.lengths, dtype=np.int64)
         for rows, width in batches(lengths, batch_size):
-            out = self.model(batch.input_ids[rows, :width], batch.input_mask[rows, :width],
-                             batch.segment_ids[rows, :width])
-            vectors[rows] = POOLERS[pooling](out, lengths[rows])
+            vectors[rows] = self.forward_pooled(batch.input_ids[rows, :width], batch.input_mask[rows, :width],
+                                                batch.segment_ids[rows, :width], lengths[rows], pooling)
             if on_progress:
                 on_progress(len(rows))
         return batch.truncated
+
+    def forward_pooled(self, input_ids, input_mask, segment_ids, lengths, pooling: str) -> np.ndarray:
+        """One forward pass over padded rows with `lengths` real tokens each: their pooled,
+        unnormalized float32 vectors. By the bit contract each row's vector is the one it
+        gets alone, so callers (encode, the server's batcher) may batch rows as they like."""
+        out = self.model(input_ids, input_mask, segment_ids)
+        return np.asarray(POOLERS[pooling](out, lengths), dtype=np.float32)
 
     def max_seq_length(self, requested: int | None) -> int:
         """The sequence length to truncate to: `requested`, checked, or the model's maximum."""

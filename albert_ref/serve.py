@@ -1,0 +1,354 @@
+"""`albert-ref serve`: an HTTP embedding server whose vectors never depend on the traffic.
+
+Routes: OpenAI's `POST /v1/embeddings`, text-embeddings-inference's `POST /embed` and
+`POST /tokenize`, and `GET /health`, `/info`, `/metrics` (Prometheus text). Texts are
+tokenized on worker threads, queued, and run by the Batcher (serve_batcher) in
+least-padding batches on one compute thread; the bit contract makes every vector equal,
+bit for bit, to the one `albert-ref embed` gives the same text alone.
+
+Overload and bad input are answered, never fatal: 429 with Retry-After beyond
+max_concurrent_requests, 413 beyond payload_limit, 400/422 for bodies that are not JSON
+or ask for something wrong (serve_inputs), 503 until the model is loaded and warm.
+
+Needs the `serve` extra (starlette, uvicorn, prometheus-client).
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import prometheus_client as prom
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from albert_ref.encoder import POOLINGS, Encoder, l2_normalize
+from albert_ref.errors import InputError
+from albert_ref.serve_batcher import BatchStats, Batcher
+from albert_ref.serve_inputs import (DEFAULTS, TRUNCATION_DIRECTIONS, RequestError, encode_whole, inputs, invalid, option,
+                                     parse_body, sequences)
+
+# Backends under the bit contract: only there is a vector independent of its batch.
+SERVE_BACKENDS = ("cpu", "reference", "cuda")
+WORK_ROUTES = ("/v1/embeddings", "/embed", "/tokenize")
+ROUTES = (*WORK_ROUTES, "/health", "/info", "/metrics")
+DISCONNECTED = 499  # nginx's "client closed request": recorded in the metrics, never sent
+
+
+class Metrics:
+    """The server's Prometheus metrics, in a registry of its own (one per app)."""
+
+    def __init__(self, service: "Service"):
+        self.registry = reg = prom.CollectorRegistry()
+        self.requests = prom.Counter("albert_ref_requests", "HTTP requests answered, by route and status",
+                                     ["route", "status"], registry=reg)
+        self.latency = prom.Histogram("albert_ref_request_duration_seconds", "time to answer a request, by route",
+                                      ["route"], registry=reg,
+                                      buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30))
+        prom.Gauge("albert_ref_requests_in_flight", "embedding and tokenization requests being served",
+                   registry=reg).set_function(lambda: service.in_flight)
+        prom.Gauge("albert_ref_queue_texts", "texts waiting for a forward pass",
+                   registry=reg).set_function(lambda: service.batcher.queued_texts)
+        powers = tuple(2.0 ** k for k in range(17))
+        self.batch_texts = prom.Histogram("albert_ref_batch_texts", "texts per forward pass", registry=reg,
+                                          buckets=powers[:11])
+        self.batch_tokens = prom.Histogram("albert_ref_batch_tokens",
+                                           "padded tokens per forward pass (texts x longest)", registry=reg,
+                                           buckets=powers)
+        self.forward = prom.Histogram("albert_ref_forward_seconds", "time of one forward pass", registry=reg,
+                                      buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
+        self.tokens = prom.Counter("albert_ref_tokens", "tokens embedded, [CLS] and [SEP] included", registry=reg)
+
+    def batch(self, stats: BatchStats) -> None:
+        self.batch_texts.observe(stats.texts)
+        self.batch_tokens.observe(stats.padded_tokens)
+        self.forward.observe(stats.seconds)
+        self.tokens.inc(stats.tokens)
+
+
+class Service:
+    """What the routes share: the settings, the batcher, the metrics, the open slots."""
+
+    def __init__(self, model, *, pooling, normalize, max_seq_length, backend, threads, max_batch_tokens,
+                 max_batch_requests, batch_window_ms, max_concurrent_requests, max_client_batch_size, payload_limit,
+                 on_fatal):
+        from albert_ref.model import Model
+        if pooling not in POOLINGS:
+            raise InputError(f"pooling must be one of {', '.join(POOLINGS)}, not {pooling!r}")
+        if backend not in SERVE_BACKENDS:
+            raise InputError(f"the server runs on the bit-contract backends ({', '.join(SERVE_BACKENDS)}), "
+                             f"where a vector cannot depend on its batch; not {backend!r}")
+        if isinstance(model, Model) and model.backend not in SERVE_BACKENDS:
+            raise InputError(f"the model is loaded on the {model.backend!r} backend; the server needs one of "
+                             f"{', '.join(SERVE_BACKENDS)}")
+        for name, value in [("max_batch_tokens", max_batch_tokens), ("max_batch_requests", max_batch_requests),
+                            ("max_concurrent_requests", max_concurrent_requests),
+                            ("max_client_batch_size", max_client_batch_size), ("payload_limit", payload_limit)]:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InputError(f"{name} must be a positive int, not {value!r}")
+        if not batch_window_ms >= 0:
+            raise InputError(f"batch_window_ms must be at least 0, not {batch_window_ms!r}")
+        self.model_source = model
+        self.name = Path(model.path).stem if isinstance(model, Model) and model.path else \
+            Path(model).stem if not isinstance(model, Model) else "albert-ref"
+        self.normalize = bool(normalize)
+        self.requested_max_seq_length = max_seq_length
+        self.max_seq_length: int | None = None  # known once the model is loaded
+        self.backend, self.threads = backend, threads
+        self.max_concurrent_requests = max_concurrent_requests
+        self.max_client_batch_size = max_client_batch_size
+        self.payload_limit = payload_limit
+        self.in_flight = 0
+        self.metrics = Metrics(self)
+        self.batcher = Batcher(self._load, pooling=pooling, max_batch_tokens=max_batch_tokens,
+                               max_batch_requests=max_batch_requests, window_s=batch_window_ms / 1000,
+                               on_batch=self.metrics.batch, on_fatal=on_fatal)
+
+    def _load(self) -> Encoder:  # on the compute thread
+        from albert_ref.model import Model, load
+        model = self.model_source
+        if not isinstance(model, Model):
+            model = load(model, backend=self.backend, threads=self.threads)
+        encoder = Encoder(model)
+        encoder.tokenizer  # noqa: B018 - a model without a tokenizer fails here, not at the first request
+        self.max_seq_length = encoder.max_seq_length(self.requested_max_seq_length)
+        if self.batcher.max_batch_tokens < self.max_seq_length:
+            raise InputError(f"max_batch_tokens {self.batcher.max_batch_tokens} is less than max_seq_length "
+                             f"{self.max_seq_length}: a longest text would not fit in a batch")
+        return encoder
+
+    @property
+    def encoder(self) -> Encoder:
+        return self.batcher.encoder
+
+    async def embed(self, inp, *, truncate=False, direction="right", normalize=None) -> tuple[np.ndarray, int]:
+        """Vectors for checked inputs, and the tokens they held."""
+        tokenizer = self.encoder.tokenizer
+        seqs = await asyncio.to_thread(sequences, tokenizer, inp, self.max_seq_length, truncate, direction)
+        vectors = await self.batcher.embed(seqs)
+        if self.normalize if normalize is None else normalize:
+            vectors = l2_normalize(vectors)
+        return vectors, sum(len(s) for s in seqs)
+
+    def info(self) -> dict:
+        from albert_ref import __version__
+        from albert_ref.kernels import CONTRACT_VERSION
+        model, b = self.encoder.model, self.batcher
+        return {"model": self.name, "version": __version__, "file": None if model.path is None else str(model.path),
+                "digest": model.digest, "config": model.config.to_dict(), "dimensions": self.encoder.dim,
+                "backend": model.backend, "pooling": b.pooling, "normalize": self.normalize,
+                "max_seq_length": self.max_seq_length, "contract_version": CONTRACT_VERSION,
+                "limits": {"max_batch_tokens": b.max_batch_tokens, "max_batch_requests": b.max_batch_requests,
+                           "batch_window_ms": b.window_s * 1000,
+                           "max_concurrent_requests": self.max_concurrent_requests,
+                           "max_client_batch_size": self.max_client_batch_size,
+                           "payload_limit": self.payload_limit}}
+
+
+def error_response(path: str, status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    """An error in the route's own dialect: OpenAI's {"error": {...}} under /v1/, else
+    text-embeddings-inference's {"error": ..., "error_type": ...}."""
+    if path.startswith("/v1/"):
+        kind = {429: "rate_limit_error", 503: "service_unavailable"}.get(status, "invalid_request_error")
+        body = {"error": {"message": message, "type": kind, "param": None, "code": status}}
+    else:
+        kind = {413: "Validation", 429: "Overloaded", 503: "Unhealthy"}.get(status, "Validation")
+        body = {"error": message, "error_type": kind if status < 500 or status == 503 else "Backend"}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+class _Gate:
+    """ASGI middleware: the concurrency limit (429 at once) on the work routes, and the
+    request metrics on every route."""
+
+    def __init__(self, app, service: Service):
+        self.app, self.service = app, service
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        service, path = self.service, scope["path"]
+        route = path if path in ROUTES else "other"
+        status, start = 500, time.perf_counter()
+
+        async def send_status(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            if path not in WORK_ROUTES:
+                return await self.app(scope, receive, send_status)
+            if service.in_flight >= service.max_concurrent_requests:
+                response = error_response(path, 429, f"the server is serving its maximum of "
+                                          f"{service.max_concurrent_requests} concurrent requests; retry shortly",
+                                          headers={"Retry-After": "1"})
+                return await response(scope, receive, send_status)
+            service.in_flight += 1
+            try:
+                await self.app(scope, receive, send_status)
+            finally:
+                service.in_flight -= 1
+        finally:
+            service.metrics.requests.labels(route, str(status)).inc()
+            service.metrics.latency.labels(route).observe(time.perf_counter() - start)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length", "")
+    too_big = f"the request body is larger than the server's --payload-limit of {limit} bytes"
+    if declared.isdigit() and int(declared) > limit:
+        raise RequestError(413, too_big)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(413, too_big)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _disconnect(request: Request) -> None:
+    """Returns when the client goes away (the body has been read: nothing else arrives)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def _work_route(service: Service, handle: Callable):
+    """A route that reads a JSON body and does model work: 503 until ready; the answer is
+    abandoned, and its queued texts withdrawn, if the client disconnects first."""
+    async def endpoint(request: Request) -> Response:
+        path = request.url.path
+        if not service.batcher.ready.is_set():
+            return error_response(path, 503, "the model is not loaded yet" if service.batcher.error is None else
+                                  f"the model failed to load: {service.batcher.error}")
+        try:
+            obj = parse_body(await _read_body(request, service.payload_limit))
+            work = asyncio.ensure_future(handle(obj))
+            gone = asyncio.ensure_future(_disconnect(request))
+            await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+            for task in (work, gone):
+                task.cancel()
+            if not work.done() or work.cancelled():
+                with contextlib.suppress(BaseException):
+                    await work
+                return Response(status_code=DISCONNECTED)
+            return work.result()
+        except RequestError as exc:
+            return error_response(path, exc.status, str(exc))
+    return endpoint
+
+
+def _openai_embeddings(service: Service):
+    async def handle(obj):
+        inp = inputs(obj, "input", service.max_client_batch_size, service.encoder.model.config.vocab_size)
+        option(obj, "model", str, None)
+        option(obj, "user", str, None)
+        fmt = option(obj, "encoding_format", str, "float", choices=("float", "base64"))
+        dimensions = option(obj, "dimensions", int, None)
+        if dimensions is not None and dimensions != service.encoder.dim:
+            raise invalid(f"dimensions {dimensions} is not offered: this model's vectors have "
+                          f"{service.encoder.dim} dimensions (omit the field or give {service.encoder.dim})")
+        vectors, tokens = await service.embed(inp)
+        encode = ((lambda v: base64.b64encode(v.astype("<f4").tobytes()).decode("ascii")) if fmt == "base64"
+                  else (lambda v: v.tolist()))
+        return JSONResponse({"object": "list", "model": service.name,
+                             "data": [{"object": "embedding", "index": i, "embedding": encode(v)}
+                                      for i, v in enumerate(vectors)],
+                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+    return handle
+
+
+def _tei_embed(service: Service):
+    async def handle(obj):
+        inp = inputs(obj, "inputs", service.max_client_batch_size, service.encoder.model.config.vocab_size)
+        normalize = option(obj, "normalize", bool, None)
+        truncate = option(obj, "truncate", bool, False)
+        direction = option(obj, "truncation_direction", str, "right")
+        if direction.lower() not in TRUNCATION_DIRECTIONS:
+            raise invalid(f"truncation_direction must be 'right' or 'left', not {direction!r}")
+        vectors, _ = await service.embed(inp, truncate=truncate, direction=direction.lower(), normalize=normalize)
+        return JSONResponse(vectors.tolist())
+    return handle
+
+
+def _tei_tokenize(service: Service):
+    def pieces(texts, special):
+        out = []
+        for i, text in enumerate(texts):
+            enc = encode_whole(service.encoder.tokenizer, text, f"inputs[{i}]")
+            ends = (0, len(enc.pieces) - 1)
+            out.append([{"id": int(i), "text": p, "special": k in ends}
+                        for k, (i, p) in enumerate(zip(enc.input_ids, enc.pieces)) if special or k not in ends])
+        return out
+
+    async def handle(obj):
+        inp = inputs(obj, "inputs", service.max_client_batch_size, service.encoder.model.config.vocab_size)
+        if not all(isinstance(item, str) for item in inp.items):
+            raise invalid("inputs must be a string or a list of strings: /tokenize takes texts")
+        special = option(obj, "add_special_tokens", bool, True)
+        return JSONResponse(await asyncio.to_thread(pieces, inp.items, special))
+    return handle
+
+
+def create_app(model=None, *, pooling: str = "pooled", normalize: bool = False, max_seq_length: int | None = None,
+               backend: str = "cpu", threads: int | None = None, max_batch_tokens: int = DEFAULTS["max_batch_tokens"],
+               max_batch_requests: int = DEFAULTS["max_batch_requests"],
+               batch_window_ms: float = DEFAULTS["batch_window_ms"],
+               max_concurrent_requests: int = DEFAULTS["max_concurrent_requests"],
+               max_client_batch_size: int = DEFAULTS["max_client_batch_size"],
+               payload_limit: int = DEFAULTS["payload_limit"],
+               on_fatal: Callable[[BaseException], None] | None = None) -> Starlette:
+    """The server as an ASGI app, for uvicorn or any ASGI server.
+
+    model: an albert-ref .h5 path (default: the bundled demo model) or a loaded Model on
+    a bit-contract backend. It is loaded and warmed on the compute thread when the app
+    starts (ASGI lifespan); /health answers 503 until then. on_fatal(exc) is called on
+    that thread if loading fails. Options as `albert-ref serve --help` describes them."""
+    if model is None:
+        from albert_ref.weights import DEMO_MODEL
+        model = DEMO_MODEL
+    service = Service(model, pooling=pooling, normalize=normalize, max_seq_length=max_seq_length, backend=backend,
+                      threads=threads, max_batch_tokens=max_batch_tokens, max_batch_requests=max_batch_requests,
+                      batch_window_ms=batch_window_ms, max_concurrent_requests=max_concurrent_requests,
+                      max_client_batch_size=max_client_batch_size, payload_limit=payload_limit, on_fatal=on_fatal)
+
+    async def health(request):
+        if service.batcher.ready.is_set():
+            return JSONResponse({"status": "ok"})
+        if service.batcher.error is not None:
+            return error_response("/health", 503, f"the model failed to load: {service.batcher.error}")
+        return error_response("/health", 503, "the model is loading")
+
+    async def info(request):
+        if not service.batcher.ready.is_set():
+            return error_response("/info", 503, "the model is loading")
+        return JSONResponse(service.info())
+
+    async def metrics(request):
+        return Response(prom.generate_latest(service.metrics.registry), media_type=prom.CONTENT_TYPE_LATEST)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        service.batcher.start()
+        yield
+        await asyncio.to_thread(service.batcher.close)
+
+    app = Starlette(routes=[
+        Route("/v1/embeddings", _work_route(service, _openai_embeddings(service)), methods=["POST"]),
+        Route("/embed", _work_route(service, _tei_embed(service)), methods=["POST"]),
+        Route("/tokenize", _work_route(service, _tei_tokenize(service)), methods=["POST"]),
+        Route("/health", health, methods=["GET"]),
+        Route("/info", info, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ], lifespan=lifespan)
+    app.state.service = service
+    app.add_middleware(_Gate, service=service)
+    return app

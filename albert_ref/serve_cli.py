@@ -1,0 +1,106 @@
+"""`albert-ref serve`: the command that runs the embedding server (albert_ref.serve) on uvicorn.
+
+Kept apart from serve.py so that the command line loads without the `serve` extra and
+says what to install when it is missing.
+"""
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+
+from albert_ref.encoder import POOLINGS
+from albert_ref.errors import AlbertRefError
+
+DESCRIPTION = """\
+Serve ALBERT embeddings over HTTP: OpenAI's POST /v1/embeddings, text-embeddings-inference's
+POST /embed and /tokenize, GET /health, /info and /metrics (Prometheus). Requests from
+concurrent clients are batched together; every vector is bit for bit the one
+`albert-ref embed` gives the same text, whatever it was batched with.
+"""
+
+EPILOG = """\
+examples:
+  albert-ref serve --model albert_xlarge_2.h5 --pooling mean --normalize --port 8080
+  curl -s localhost:8080/v1/embeddings -H 'Content-Type: application/json' \\
+       -d '{"model": "albert", "input": ["A cat.", "A dog."]}'
+"""
+
+
+def add_serve_parser(sub) -> None:
+    from albert_ref.serve_inputs import DEFAULTS
+    p = sub.add_parser("serve", help="an HTTP embedding server (OpenAI and text-embeddings-inference routes)",
+                       description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-m", "--model", help="albert-ref .h5 model file (default: the bundled demo model)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
+    p.add_argument("--pooling", choices=POOLINGS, default="pooled", help="as for `albert-ref embed` (default pooled)")
+    p.add_argument("--normalize", action="store_true",
+                   help="scale each vector to unit L2 norm (/embed's \"normalize\" overrides it per request)")
+    p.add_argument("--max-seq-length", type=int, default=None,
+                   help="longest input in tokens (default: the model's maximum); longer ones are refused "
+                        "unless /embed asks to truncate")
+    p.add_argument("--max-batch-tokens", type=int, default=DEFAULTS["max_batch_tokens"],
+                   help="most padded tokens (texts x longest) in one forward pass (default %(default)s)")
+    p.add_argument("--max-batch-requests", type=int, default=DEFAULTS["max_batch_requests"],
+                   help="most texts in one forward pass (default %(default)s)")
+    p.add_argument("--batch-window-ms", type=float, default=DEFAULTS["batch_window_ms"],
+                   help="how long an idle server waits for company before running a text (default %(default)s)")
+    p.add_argument("--max-concurrent-requests", type=int, default=DEFAULTS["max_concurrent_requests"],
+                   help="requests served at once; more get 429 with Retry-After (default %(default)s)")
+    p.add_argument("--max-client-batch-size", type=int, default=DEFAULTS["max_client_batch_size"],
+                   help="most inputs in one request; more get 422 (default %(default)s)")
+    p.add_argument("--payload-limit", type=int, default=DEFAULTS["payload_limit"],
+                   help="largest request body in bytes; larger get 413 (default %(default)s)")
+    from albert_ref.cli import add_backend_options
+    add_backend_options(p)
+    p.set_defaults(func=run_serve)
+
+
+def run_serve(args) -> None:
+    try:
+        import uvicorn
+
+        from albert_ref.serve import create_app
+    except ImportError as exc:
+        raise AlbertRefError(f"albert-ref serve needs the serve extra: pip install 'albert-ref[serve]' ({exc})") \
+            from None
+    if args.dtype not in (None, "float32"):
+        raise AlbertRefError("the server computes in float32 (the bit contract); drop --dtype")
+    model = args.model
+    if model is None:
+        from albert_ref.weights import DEMO_MODEL
+        model = DEMO_MODEL
+        print("albert-ref: no --model: using the bundled demo model (random weights: the vectors mean nothing)",
+              file=sys.stderr)
+    failure = []
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame):
+            # SIGTERM / Ctrl-C: uvicorn stops accepting and waits for the requests in
+            # flight; the batcher stops waiting for company so that they finish at once.
+            app.state.service.batcher.drain()
+            super().handle_exit(sig, frame)
+
+    def on_fatal(exc):  # on the compute thread: the model cannot be served
+        failure.append(exc)
+        server.should_exit = True
+
+    app = create_app(model, pooling=args.pooling, normalize=args.normalize, max_seq_length=args.max_seq_length,
+                     backend=args.backend, threads=args.threads, max_batch_tokens=args.max_batch_tokens,
+                     max_batch_requests=args.max_batch_requests, batch_window_ms=args.batch_window_ms,
+                     max_concurrent_requests=args.max_concurrent_requests,
+                     max_client_batch_size=args.max_client_batch_size, payload_limit=args.payload_limit,
+                     on_fatal=on_fatal)
+    server = Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="info", access_log=False))
+    # uvicorn re-raises the SIGTERM it handled once it has shut down, under the handler
+    # found at start: make that one a no-op, so that a graceful stop exits 0.
+    previous = signal.signal(signal.SIGTERM, lambda sig, frame: None)
+    try:
+        server.run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if failure:
+        raise AlbertRefError(f"cannot serve {model}: {failure[0]}")
+    if not server.started:
+        raise AlbertRefError(f"the server could not start on {args.host}:{args.port} (see the message above)")
