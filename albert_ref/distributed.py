@@ -263,13 +263,22 @@ def _claimed(folder: Path, job: dict, restart: bool):
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise InputError(f"{folder} is in use by another albert-ref embedding job") from None
-        for stale in folder.glob(".*.tmp"):
-            stale.unlink()
+        _remove_temporaries(folder)
         if restart:
             for path in [*folder.glob("part-*"), folder / shards.MANIFEST, folder / JOB_FILE]:
                 path.unlink(missing_ok=True)
         _claim(folder / JOB_FILE, job)
-        yield
+        try:
+            yield
+        finally:
+            _remove_temporaries(folder)
+
+
+def _remove_temporaries(folder: Path) -> None:
+    """The half-written files of killed workers (or of a killed client's tasks, which would
+    only have written again what is there)."""
+    for stale in folder.glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
 
 
 def _claim(path: Path, job: dict) -> None:
