@@ -12,6 +12,7 @@ from pathlib import Path
 
 from albert_ref.atomic import check_output_path
 from albert_ref.cli_options import add_backend_options
+from albert_ref.distributed_cli import HELP as CLUSTER_HELP, add_cluster_options, reject_cluster_options, run_cluster
 from albert_ref.embed_inputs import INPUT_FORMATS, STDIN, from_arguments, from_file
 from albert_ref.embed_job import Settings, progress_bar, run_job
 from albert_ref.embed_outputs import KEYED_FORMATS, OUTPUT_FORMATS, json_vectors, output_format
@@ -53,7 +54,8 @@ the row is then "row"), dataset "keys" (text) of an .h5 output.
 
 def add_embed_parser(sub) -> None:
     p = sub.add_parser("embed", help="text to vectors (the bundled demo model unless --model)",
-                       description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=DESCRIPTION, epilog=EPILOG + "\n" + CLUSTER_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("texts", nargs="*", metavar="TEXT", help="texts to embed")
     p.add_argument("-m", "--model", help="albert-ref .h5 model file (default: the bundled demo model)")
     p.add_argument("-i", "--input", metavar="FILE",
@@ -80,11 +82,15 @@ def add_embed_parser(sub) -> None:
                    help="rows per saved chunk of an --output job: the most an interruption can lose (default 1024)")
     p.add_argument("--restart", action="store_true", help="discard an unfinished job for --output and start over")
     add_backend_options(p)
+    add_cluster_options(p)
     p.set_defaults(func=run_embed)
 
 
 def run_embed(args) -> None:
     model, texts = _model_and_texts(args)
+    if args.cluster is not None:
+        return run_cluster(args, model, texts)
+    reject_cluster_options(args)
     inputs = _inputs(args, texts)
     output = None if args.output in (None, STDIN) else Path(args.output)
     if output is not None:

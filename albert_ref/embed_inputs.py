@@ -52,19 +52,30 @@ def from_file(path: str, fmt: str | None, fields: list[str] | None, pair: bool, 
     if fmt is None:
         raise InputError(f"{name}: unknown input format; name it .txt, .jsonl, .csv or .tsv, "
                          f"or say --input-format {'|'.join(INPUT_FORMATS)}")
-    text = _decode(data, name)
+    return parse(data, name, fmt, fields, pair, id_field)
+
+
+def parse(data: bytes, name: str, fmt: str, fields: list[str] | None, pair: bool, id_field: str | None = None,
+          first_line: int | None = None) -> Inputs:
+    """The texts of `data`, the bytes of file `name` in format `fmt`. For .txt and .jsonl,
+    `data` may be a part of the file, whole lines from line `first_line` (0-based) on:
+    row ids and error messages then count from there, and a part with only blank lines
+    gives no texts rather than an error (a distributed job cuts files into such parts)."""
+    text = _decode(data, name, first_line or 0)
     if fmt == "txt":
         for option, given in (("--field", fields), ("--id-field", id_field)):
             if given:
                 raise InputError(f"{option} applies to .jsonl, .csv and .tsv inputs, not to {name} (plain lines)")
-        return _lines(text, name, pair)
+        return _lines(text, name, pair, first_line)
     fields = fields or ["text"]
     if len(fields) > 2:
         raise InputError(f"--field names one text field, or two for pairs; got {len(fields)}")
     if pair and len(fields) != 2:
         raise InputError(f"--pair with {fmt} input needs two fields: --field A --field B")
     if fmt == "jsonl":
-        return _jsonl(text, name, fields, id_field)
+        return _jsonl(text, name, fields, id_field, first_line)
+    if first_line is not None:
+        raise ValueError("a .csv/.tsv file is parsed whole: its quoted fields may span lines")
     return _table(text, name, fields, "\t" if fmt == "tsv" else ",", id_field)
 
 
@@ -77,36 +88,37 @@ def _read_bytes(path: str, name: str) -> bytes:
         raise InputError(f"cannot read {name}: {exc.strerror or exc}") from None
 
 
-def _decode(data: bytes, name: str) -> str:
+def _decode(data: bytes, name: str, first_line: int = 0) -> str:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
+        line = first_line + data.count(b"\n", 0, exc.start) + 1
         line_start = data.rfind(b"\n", 0, exc.start) + 1
         raise InputError(f"{name}:{line}: not valid UTF-8 (byte "
                          f"0x{data[exc.start]:02x} at column {exc.start - line_start + 1}); "
                          f"albert-ref reads UTF-8 text") from None
-    return text.removeprefix("\ufeff")  # a byte-order mark, as Windows tools write
+    return text if first_line else text.removeprefix("\ufeff")  # a byte-order mark, as Windows tools write
 
 
-def _inputs(texts, ids, source, skipped=0, keys=None) -> Inputs:
-    if not texts:
+def _inputs(texts, ids, source, skipped=0, keys=None, allow_empty=False) -> Inputs:
+    if not texts and not allow_empty:
         blank = f" (only {skipped} blank line{'s' * (skipped != 1)})" if skipped else ""
         raise InputError(f"{source}: no texts to embed{blank}")
     return Inputs(texts, np.asarray(ids, dtype=np.int64), source, skipped, keys)
 
 
-def _numbered_lines(text: str):
-    """(0-based line number, line) for the non-blank lines, and how many were blank."""
+def _numbered_lines(text: str, first: int = 0):
+    """(0-based line number, counting from `first`, line) for the non-blank lines, and how
+    many were blank."""
     lines = text.split("\n")
     if lines[-1] == "":
         lines.pop()  # the final newline ends the last line, it does not start a new one
-    kept = [(i, line.removesuffix("\r")) for i, line in enumerate(lines) if line.strip()]
+    kept = [(i, line.removesuffix("\r")) for i, line in enumerate(lines, first) if line.strip()]
     return kept, len(lines) - len(kept)
 
 
-def _lines(text: str, name: str, pair: bool) -> Inputs:
-    kept, blank = _numbered_lines(text)
+def _lines(text: str, name: str, pair: bool, first: int | None = None) -> Inputs:
+    kept, blank = _numbered_lines(text, first or 0)
     texts = []
     for i, line in kept:
         if pair:
@@ -116,11 +128,11 @@ def _lines(text: str, name: str, pair: bool) -> Inputs:
             texts.append((a, b))
         else:
             texts.append(line)
-    return _inputs(texts, [i for i, _ in kept], name, blank)
+    return _inputs(texts, [i for i, _ in kept], name, blank, allow_empty=first is not None)
 
 
-def _jsonl(text: str, name: str, fields: list[str], id_field: str | None) -> Inputs:
-    kept, blank = _numbered_lines(text)
+def _jsonl(text: str, name: str, fields: list[str], id_field: str | None, first: int | None = None) -> Inputs:
+    kept, blank = _numbered_lines(text, first or 0)
     texts, keys = [], []
     for i, line in kept:
         where = f"{name}:{i + 1}"
@@ -138,7 +150,8 @@ def _jsonl(text: str, name: str, fields: list[str], id_field: str | None) -> Inp
         texts.append(values[0] if len(values) == 1 else tuple(values))
         if id_field is not None:
             keys.append(_field(record, id_field, where, "--id-field", (str, int)))
-    return _inputs(texts, [i for i, _ in kept], name, blank, keys if id_field is not None else None)
+    return _inputs(texts, [i for i, _ in kept], name, blank, keys if id_field is not None else None,
+                   allow_empty=first is not None)
 
 
 def _field(record: dict, field: str, where: str, option: str, types: tuple):

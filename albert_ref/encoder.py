@@ -183,13 +183,18 @@ class Encoder:
 
     def max_seq_length(self, requested: int | None) -> int:
         """The sequence length to truncate to: `requested`, checked, or the model's maximum."""
-        limit = self.model.config.max_position_embeddings
-        if requested is None:
-            return limit
-        _check_count("max_seq_length", requested)
-        if requested > limit:
-            raise InputError(f"max_seq_length {requested} exceeds the model's max_position_embeddings {limit}")
-        return requested
+        return max_seq_length(self.model.config, requested)
+
+
+def max_seq_length(config, requested: int | None) -> int:
+    """`requested`, checked against the model's config, or the model's maximum."""
+    limit = config.max_position_embeddings
+    if requested is None:
+        return limit
+    _check_count("max_seq_length", requested)
+    if requested > limit:
+        raise InputError(f"max_seq_length {requested} exceeds the model's max_position_embeddings {limit}")
+    return requested
 
 
 def truncation_summary(truncated, max_seq_length: int) -> str | None:

@@ -52,7 +52,7 @@ def add_serve_parser(sub) -> None:
                    help="most inputs in one request; more get 422 (default %(default)s)")
     p.add_argument("--payload-limit", type=int, default=DEFAULTS["payload_limit"],
                    help="largest request body in bytes; larger get 413 (default %(default)s)")
-    from albert_ref.cli import add_backend_options
+    from albert_ref.cli_options import add_backend_options
     add_backend_options(p)
     p.set_defaults(func=run_serve)
 

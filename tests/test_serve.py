@@ -378,7 +378,7 @@ def test_a_model_that_cannot_load_stops_the_command(tmp_path):
     bad.write_bytes(b"not hdf5")
     run = subprocess.run([sys.executable, "-m", "albert_ref.cli", "serve", "--model", str(bad),
                           "--port", str(free_port())], capture_output=True, text=True, timeout=STARTUP_S)
-    assert run.returncode == 1 and "albert-ref: error: cannot serve" in run.stderr and "bad.h5" in run.stderr
+    assert run.returncode == 2 and "albert-ref: error: cannot serve" in run.stderr and "bad.h5" in run.stderr
 
 
 def test_info_and_metrics(main, encoder):
