@@ -16,6 +16,7 @@ import numpy as np
 from albert_ref.atomic import atomic_path
 from albert_ref.config import AlbertConfig
 from albert_ref.errors import ConfigError, ModelFileError
+from albert_ref.pipeline import Pipeline
 from albert_ref.weights.names import encoder_shapes, head_shapes
 
 FORMAT_NAME = "albert-ref"
@@ -40,6 +41,9 @@ class ModelFile:
     # digest uses them instead of hashing the data again, and hashes whatever is missing.
     checksums: dict | None = dataclasses.field(default=None, repr=False, compare=False)
     tokenizer_checksum: str | None = dataclasses.field(default=None, repr=False, compare=False)
+    # A sentence-embedding pipeline (sentence-transformers models); its Dense weights are
+    # among `tensors`, named by albert_ref.pipeline.dense_names.
+    pipeline: Pipeline | None = None
 
     def __post_init__(self):
         unknown = set(self.tokenizer_options) - set(TOKENIZER_OPTIONS)
@@ -78,9 +82,17 @@ def file_sha256(path) -> str:
     return h.hexdigest()
 
 
-def check_tensors(config: AlbertConfig, tensors: dict[str, np.ndarray], where: str = "") -> None:
-    """Names, shapes, dtype and finiteness of a model's tensors against its config."""
+def check_tensors(config: AlbertConfig, tensors: dict[str, np.ndarray], where: str = "",
+                  pipeline: Pipeline | None = None) -> None:
+    """Names, shapes, dtype and finiteness of a model's tensors against its config (and
+    its pipeline's Dense layers, when it has one)."""
     expected = encoder_shapes(config)
+    if pipeline is not None:
+        try:
+            pipeline.check_against(config.hidden_size, config.max_position_embeddings)
+        except ModelFileError as exc:
+            raise ModelFileError(f"{where}{exc}") from None
+        expected.update(pipeline.tensor_shapes())
     missing = sorted(set(expected) - set(tensors))
     if missing:
         raise ModelFileError(f"{where}missing tensor(s): {', '.join(missing)}")
@@ -106,13 +118,15 @@ def write_model(path, model: ModelFile) -> None:
     """Validate `model` and write it to `path` atomically. The checksums written are
     recorded on `model` too, so that its digest does not hash the tensors again."""
     path = Path(path)
-    check_tensors(model.config, model.tensors)
+    check_tensors(model.config, model.tensors, pipeline=model.pipeline)
     checksums, tokenizer_checksum = {}, None
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs["format"] = FORMAT_NAME
         f.attrs["format_version"] = FORMAT_VERSION
         f.attrs["config"] = model.config.to_json()
         f.attrs["provenance"] = json.dumps(model.provenance, sort_keys=True)
+        if model.pipeline is not None:
+            f.attrs["pipeline"] = model.pipeline.to_json()
         weights = f.create_group("weights")
         for name in sorted(model.tensors):
             array = np.ascontiguousarray(model.tensors[name], dtype="<f4")
@@ -177,6 +191,12 @@ def _read(f: h5py.File, path: Path, verify: bool) -> ModelFile:
     except ConfigError as exc:
         raise ModelFileError(f"{path}: invalid config: {exc}") from None
     provenance = _json_attr(f, "provenance", path)
+    pipeline = None
+    if "pipeline" in f.attrs:
+        try:
+            pipeline = Pipeline.from_dict(_json_attr(f, "pipeline", path))
+        except (ModelFileError, TypeError) as exc:
+            raise ModelFileError(f"{path}: invalid pipeline: {exc}") from None
 
     datasets = _walk(f, path)
     unexpected = sorted(n for n in datasets if not n.startswith("weights/") and n != "tokenizer/sentencepiece")
@@ -189,7 +209,7 @@ def _read(f: h5py.File, path: Path, verify: bool) -> ModelFile:
         if ds.dtype != np.dtype("<f4"):
             raise ModelFileError(f"{path}: tensor {name[8:]}: dtype {ds.dtype}, expected little-endian float32")
         tensors[name[8:]], checksums[name[8:]] = _read_dataset(ds, name[8:], path, verify)
-    check_tensors(config, tensors, f"{path}: ")
+    check_tensors(config, tensors, f"{path}: ", pipeline)
 
     spm_model, spm_checksum, options = None, None, dict(TOKENIZER_OPTIONS)
     if "tokenizer/sentencepiece" in datasets:
@@ -203,7 +223,7 @@ def _read(f: h5py.File, path: Path, verify: bool) -> ModelFile:
             raise ModelFileError(f"{path}: tokenizer options must be a JSON object with {sorted(options)}")
         options = stored
     checksums = {n: c for n, c in checksums.items() if c is not None}
-    return ModelFile(config, tensors, spm_model, options, provenance, checksums, spm_checksum)
+    return ModelFile(config, tensors, spm_model, options, provenance, checksums, spm_checksum, pipeline)
 
 
 def _walk(f: h5py.File, path: Path) -> dict[str, h5py.Dataset]:
