@@ -24,6 +24,8 @@ def _cmd_convert(args):
     print(f"wrote {args.out}: {model.provenance.get('source_format', 'unknown source')}, hidden {c.hidden_size}, "
           f"{c.num_hidden_layers} layers, {len(model.tensors)} tensors, "
           f"heads: {', '.join(model.heads) or 'none'}, tokenizer: {'yes' if model.spm_model else 'no'}")
+    if model.pipeline:
+        print(f"  sentence-embedding pipeline: {model.pipeline.describe()}")
 
 
 def _load(args):
@@ -97,6 +99,7 @@ def _cmd_info(args):
     info = {"file": str(args.model), "config": m.config.to_dict(), "parameters": params,
             "heads": list(m.heads), "tokenizer": None if m.spm_model is None else
             {"bytes": len(m.spm_model), **m.tokenizer_options},
+            "pipeline": m.pipeline and m.pipeline.to_dict(),
             "provenance": m.provenance, "digest": digest, "checksums": checksums,
             "format_version": m.format_version, "guarantee": GUARANTEES[m.format_version]}
     if args.json:
@@ -112,7 +115,8 @@ def _cmd_info(args):
         tok = info["tokenizer"]
         print("  tokenizer: " + ("none (token ids only)" if tok is None else
                                  f"sentencepiece {tok['bytes']:,} bytes, {tok['flavour']} preprocessing, "
-                                 f"lower-case {tok['do_lower_case']}"))
+                                 f"lower-case {tok['do_lower_case']}, keep accents {tok['keep_accents']}"))
+        print(f"  pipeline: {m.pipeline.describe() if m.pipeline else 'none (embed defaults: pooled output)'}")
         print("  provenance: " + ", ".join(f"{k} {v if not isinstance(v, dict) else len(v)}"
                                            + (" source file(s)" if isinstance(v, dict) else "")
                                            for k, v in sorted(m.provenance.items())))

@@ -41,7 +41,8 @@ from pathlib import Path
 
 from albert_ref import corpus, shards
 from albert_ref.atomic import atomic_output
-from albert_ref.encoder import POOLINGS, _check_count, max_seq_length as checked_max_seq_length
+from albert_ref.encoder import (_check_count, max_seq_length as checked_max_seq_length, output_dim, resolve_normalize,
+                                resolve_pooling)
 from albert_ref.errors import AlbertRefError, InputError, ModelFileError
 
 try:
@@ -166,7 +167,7 @@ class Summary:
 
 
 def embed_corpus(inputs, output_dir, model=None, *, client=None, workers: int | None = None,
-                 threads: int | None = None, pooling: str = "pooled", normalize: bool = False,
+                 threads: int | None = None, pooling: str | None = None, normalize: bool | None = None,
                  fields: list[str] | None = None, id_field: str | None = None, pair: bool = False,
                  input_format: str | None = None, max_seq_length: int | None = None, batch_size: int = 32,
                  partition_size: int = PARTITION_SIZE, shard_format: str = "parquet", backend: str = "cpu",
@@ -175,10 +176,12 @@ def embed_corpus(inputs, output_dir, model=None, *, client=None, workers: int | 
     shard per partition, on the Dask cluster of `client` (default: a LocalCluster of
     `workers` single-task worker processes, `threads` kernel threads each, sized to this
     machine). Options mean what they mean to `albert-ref embed`; `model` defaults to the
-    bundled demo model. A rerun resumes; restart=True discards the folder's earlier job.
+    bundled demo model; pooling, normalize and max_seq_length default to the model's
+    sentence-embedding pipeline, as they do for `embed`. A rerun resumes; restart=True
+    discards the folder's earlier job.
     Returns a Summary; failed partitions are listed there, not raised."""
-    if pooling not in POOLINGS:
-        raise InputError(f"pooling must be one of {', '.join(POOLINGS)}, not {pooling!r}")
+    if pooling is not None:
+        resolve_pooling(None, pooling)  # checked before anything is read
     if shard_format not in shards.SHARD_FORMATS:
         raise InputError(f"shard format must be one of {', '.join(shards.SHARD_FORMATS)}, not {shard_format!r}")
     if backend not in CLUSTER_BACKENDS:
@@ -191,7 +194,10 @@ def embed_corpus(inputs, output_dir, model=None, *, client=None, workers: int | 
     from albert_ref.weights.model_file import read_model
     model = os.path.abspath(DEMO_MODEL if model is None else model)
     model_file = read_model(model)
-    max_len = checked_max_seq_length(model_file.config, max_seq_length)
+    modes = resolve_pooling(model_file.pipeline, pooling)
+    pooling, normalize = ",".join(modes), resolve_normalize(model_file.pipeline, normalize)
+    max_len = checked_max_seq_length(model_file.config, max_seq_length, model_file.pipeline)
+    dim = output_dim(model_file.config, model_file.pipeline, modes)
     files, parts = corpus.partitions(corpus.expand(inputs, input_format), partition_size)
     job = {"model_sha256": model_file.digest, "backend": backend, "pooling": pooling, "normalize": normalize,
            "max_seq_length": max_len, "fields": fields, "id_field": id_field, "pair": pair,
@@ -201,7 +207,7 @@ def embed_corpus(inputs, output_dir, model=None, *, client=None, workers: int | 
     folder = Path(output_dir)
     opts = TaskOptions(str(folder.resolve()), job_sha256, model_file.digest, shard_format, fields, pair, id_field,
                        pooling, normalize, batch_size, max_len)
-    summary = Summary(folder, len(parts), dim=model_file.config.hidden_size)
+    summary = Summary(folder, len(parts), dim=dim)
     del model_file
     with _claimed(folder, job, restart), _client(client, workers, threads) as client:
         client.register_plugin(ModelPlugin(model, job["model_sha256"], backend, threads))

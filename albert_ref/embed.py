@@ -68,16 +68,19 @@ def add_embed_parser(sub) -> None:
                         "(needs --output .h5 or .jsonl)")
     p.add_argument("--pair", action="store_true",
                    help="embed (A, B) pairs: TEXT arguments A B A B ..., or lines A<TAB>B")
-    p.add_argument("--pooling", choices=POOLINGS, default="pooled",
-                   help="pooled: TF-Hub pooled_output (default); cls: [CLS] of sequence_output; "
-                        "mean / max: over the real tokens of sequence_output")
-    p.add_argument("--normalize", action="store_true", help="scale each vector to unit L2 norm")
+    p.add_argument("--pooling", metavar="MODE",
+                   help=f"one of {', '.join(POOLINGS)}, or token modes joined by commas (cls,mean: concatenated). "
+                        "pooled: TF-Hub pooled_output; cls: [CLS] of sequence_output; max / mean / "
+                        "mean_sqrt_len_tokens: over its real tokens. Default: the model's pipeline, else pooled")
+    p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
+                   help="scale each vector to unit L2 norm (default: as the model's pipeline says, else not)")
     p.add_argument("-o", "--output", metavar="FILE",
                    help=f"{', '.join(OUTPUT_FORMATS)} (vectors; .h5 and .jsonl also row ids); default: JSON on stdout")
     p.add_argument("--batch-size", type=int, default=32,
                    help="at most this many texts per forward pass (default 32); fewer where that pads less")
     p.add_argument("--max-seq-length", type=int, default=None,
-                   help="truncate to this many tokens (default: the model's maximum); truncations are reported")
+                   help="truncate to this many tokens (default: the pipeline's, else the model's maximum); "
+                        "truncations are reported")
     p.add_argument("--chunk-size", type=int, default=1024,
                    help="rows per saved chunk of an --output job: the most an interruption can lose (default 1024)")
     p.add_argument("--restart", action="store_true", help="discard an unfinished job for --output and start over")
@@ -107,8 +110,10 @@ def run_embed(args) -> None:
         print("albert-ref: no --model: using the bundled demo model (random weights: the vectors mean nothing)",
               file=sys.stderr)
     encoder = Encoder(model, backend=args.backend, dtype=args.dtype, threads=args.threads)
-    settings = Settings(args.pooling, args.normalize, args.batch_size, encoder.max_seq_length(args.max_seq_length),
-                        args.chunk_size)
+    pooling = ",".join(encoder.pooling_modes(args.pooling))
+    settings = Settings(pooling, encoder.normalizes(args.normalize), args.batch_size,
+                        encoder.max_seq_length(args.max_seq_length), args.chunk_size)
+    dim = encoder.output_dim(pooling)
     if inputs.skipped:
         print(f"albert-ref: skipped {inputs.skipped} blank line(s) of {inputs.source}", file=sys.stderr)
     if output is None:
@@ -120,7 +125,7 @@ def run_embed(args) -> None:
     else:
         truncated = run_job(encoder, inputs, settings, output, restart=args.restart,
                             meta={"model": str(model), "source": inputs.source})
-        print(f"wrote {output}: {len(truncated)} vectors of {encoder.dim} float32, {settings.pooling} pooling"
+        print(f"wrote {output}: {len(truncated)} vectors of {dim} float32, {settings.pooling} pooling"
               f"{', L2-normalized' if settings.normalize else ''}")
     summary = truncation_summary(truncated, settings.max_seq_length)
     if summary:

@@ -262,6 +262,7 @@ def run_job(encoder: Encoder, inputs: Inputs, settings: Settings, output: Path, 
             for ids, vectors, truncated in job.parts():
                 cut.append(truncated)
                 yield ids, vectors, truncated
-        write_output(output, parts(), job.rows, encoder.dim, {**job.description, **(meta or {})}, keys=inputs.keys)
+        write_output(output, parts(), job.rows, encoder.output_dim(settings.pooling),
+                     {**job.description, **(meta or {})}, keys=inputs.keys)
         job.discard()
     return np.concatenate(cut)

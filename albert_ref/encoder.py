@@ -9,33 +9,27 @@ vectors of running every text alone.
 from __future__ import annotations
 
 import itertools
+import math
 import warnings
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
 from albert_ref.errors import AlbertRefError, InputError
+from albert_ref.pipeline import POOLING_MODES, dense_names
+from albert_ref.pooling import pool
 
 
 class TruncationWarning(UserWarning):
     """Some texts were longer than max_seq_length and lost word pieces."""
 
 
-def _each(reduce):
-    """Reduce each sequence alone over its own real tokens, so that padding cannot matter."""
-    return lambda out, lengths: np.stack([reduce(out["sequence_output"][i, :n]) for i, n in enumerate(lengths)])
-
-
 # One vector per sequence from the model's outputs. pooled: TF-Hub's pooled_output,
-# tanh(dense([CLS])); cls: sequence_output at [CLS]; mean / max: over the real tokens
-# ([CLS] and [SEP] included, padding excluded), the mean accumulated in float64.
-POOLERS = {
-    "pooled": lambda out, lengths: out["pooled_output"],
-    "cls": lambda out, lengths: out["sequence_output"][:, 0],
-    "mean": _each(lambda tokens: tokens.mean(axis=0, dtype=np.float64)),
-    "max": _each(lambda tokens: tokens.max(axis=0)),
-}
-POOLINGS = tuple(POOLERS)
+# tanh(dense([CLS])); the others are albert_ref.pooling's, over the real tokens of
+# sequence_output ([CLS] and [SEP] included, padding excluded), in NUMERICS.md section 9's
+# orders. Several token modes may be given together ("cls,mean"): their vectors are
+# concatenated, as sentence-transformers concatenates them.
+POOLINGS = ("pooled", *POOLING_MODES)
 
 # Texts tokenized and length-sorted together: bounds the memory of their padded id arrays
 # while leaving batches nearly as uniform in length as one global sort would.
@@ -90,10 +84,47 @@ def batches(lengths, batch_size: int, max_tokens: int | None = None):
 
 
 def l2_normalize(vectors: np.ndarray) -> np.ndarray:
-    """Rows divided by their L2 norm in float64, rounded to float32; zero rows stay zero."""
+    """Rows divided by their L2 norm, NUMERICS.md section 9: the sum of squares exact
+    (math.fsum of float64 squares, each exact for float32 inputs), then sqrt and division
+    in float64, rounded once to float32; zero rows stay zero."""
     v = vectors.astype(np.float64)
-    norms = np.sqrt(np.square(v).sum(axis=1, keepdims=True))
+    norms = np.sqrt(np.array([math.fsum(row) for row in np.square(v)]).reshape(-1, 1))
     return np.divide(v, norms, out=np.zeros_like(v), where=norms > 0).astype(np.float32)
+
+
+def pooling_modes(pooling) -> tuple[str, ...]:
+    """A pooling given as a name, "mode,mode" or a sequence of names, checked."""
+    modes = tuple(pooling.split(",")) if isinstance(pooling, str) else tuple(pooling)
+    bad = [m for m in modes if m not in POOLINGS]
+    if not modes or bad or len(set(modes)) != len(modes) or ("pooled" in modes and len(modes) > 1):
+        raise InputError(f"pooling must be one of {', '.join(POOLINGS)}, or several of "
+                         f"{', '.join(POOLING_MODES)} joined by commas; not {pooling!r}")
+    return modes
+
+
+def resolve_pooling(pipeline, pooling=None) -> tuple[str, ...]:
+    """The pooling modes `pooling` names, checked; None: the pipeline's (a sentence-embedding
+    model's own), or TF-Hub's pooled_output."""
+    if pooling is None:
+        return pipeline.pooling if pipeline else ("pooled",)
+    return pooling_modes(pooling)
+
+
+def resolve_normalize(pipeline, normalize: bool | None = None) -> bool:
+    """`normalize`, or the pipeline's choice when None (no normalization without one)."""
+    return bool(pipeline and pipeline.normalize) if normalize is None else bool(normalize)
+
+
+def output_dim(config, pipeline, modes: tuple[str, ...]) -> int:
+    """The width of the vectors of pooling `modes`, after the pipeline's Dense layers."""
+    width = len(modes) * config.hidden_size
+    if pipeline and pipeline.dense:
+        first = pipeline.dense[0].in_features
+        if width != first:
+            raise InputError(f"pooling {','.join(modes)} gives {width} features, but the model's Dense layer "
+                             f"takes {first}: choose a pooling of that width")
+        width = pipeline.dense[-1].out_features
+    return width
 
 
 class Encoder:
@@ -102,6 +133,11 @@ class Encoder:
     model: a path to an albert-ref .h5 file, or a loaded `albert_ref.Model` (then the
     backend options belong to `albert_ref.load`). backend "cpu" is the default: fast
     kernels with the bit contract, so vectors do not depend on batching.
+
+    A model with a sentence-embedding pipeline (converted from sentence-transformers)
+    uses it by default: its pooling, its Dense layers (the backend's dense op, so they
+    follow the bit contract), its normalization and its max_seq_length. Without one the
+    defaults are TF-Hub's pooled_output, no normalization, the model's maximum length.
     """
 
     def __init__(self, model, *, backend: str | None = None, dtype: str | None = None, threads: int | None = None):
@@ -113,16 +149,38 @@ class Encoder:
         else:
             self.model = load(model, backend=backend or "cpu", dtype=dtype, threads=threads)
         self.tokenizer = self.model.tokenizer
+        self.pipeline = self.model.pipeline
+        self._dense = []  # (kernel, bias, activation), prepared by the backend
+        for i, layer in enumerate(self.pipeline.dense if self.pipeline else ()):
+            kernel, bias = dense_names(i)
+            params = self.model.params
+            self._dense.append((params[kernel], params[bias] if layer.bias else
+                                self.model.ops.prepare(bias, np.zeros(layer.out_features, np.float32)),
+                                layer.activation))
 
     @property
     def dim(self) -> int:
-        return self.model.config.hidden_size
+        """The width of the vectors of the default pooling."""
+        return self.output_dim(None)
 
-    def encode(self, texts, *, pooling: str = "pooled", normalize: bool = False, batch_size: int = 32,
+    def pooling_modes(self, pooling=None) -> tuple[str, ...]:
+        """The pooling modes `pooling` names; None: the pipeline's, or TF-Hub's pooled_output."""
+        return resolve_pooling(self.pipeline, pooling)
+
+    def output_dim(self, pooling=None) -> int:
+        """The width of the vectors of `pooling` (after the pipeline's Dense layers)."""
+        return output_dim(self.model.config, self.pipeline, self.pooling_modes(pooling))
+
+    def normalizes(self, normalize: bool | None = None) -> bool:
+        """`normalize`, or the pipeline's choice when None."""
+        return resolve_normalize(self.pipeline, normalize)
+
+    def encode(self, texts, *, pooling=None, normalize: bool | None = None, batch_size: int = 32,
                max_seq_length: int | None = None) -> np.ndarray:
         """float32 [len(texts), dim] in input order. A text is a str, or a (text_a, text_b)
-        pair. Texts longer than max_seq_length (default: the model's maximum) are truncated
-        as run_classifier truncates them, with a TruncationWarning saying how many."""
+        pair. Texts longer than max_seq_length (default: the pipeline's, else the model's
+        maximum) are truncated as run_classifier truncates them, with a TruncationWarning
+        saying how many. pooling and normalize default to the model's pipeline."""
         vectors, truncated = self.encode_counted(texts, pooling=pooling, normalize=normalize,
                                                  batch_size=batch_size, max_seq_length=max_seq_length)
         _warn_truncated(truncated, self.max_seq_length(max_seq_length))
@@ -136,7 +194,7 @@ class Encoder:
         while chunk := list(itertools.islice(texts, chunk_size)):
             yield from self.encode(chunk, **options)
 
-    def encode_counted(self, texts, *, pooling: str = "pooled", normalize: bool = False, batch_size: int = 32,
+    def encode_counted(self, texts, *, pooling=None, normalize: bool | None = None, batch_size: int = 32,
                        max_seq_length: int | None = None,
                        on_progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """encode() without the warning: (vectors, word pieces dropped per text).
@@ -144,20 +202,20 @@ class Encoder:
         fewer); on_progress(n) is called after each batch with the number of texts it held."""
         if isinstance(texts, (str, bytes)):
             raise InputError("texts must be a list of texts or pairs; to embed one text, pass [text]")
-        if pooling not in POOLERS:
-            raise InputError(f"pooling must be one of {', '.join(POOLINGS)}, not {pooling!r}")
+        modes = self.pooling_modes(pooling)
+        dim = self.output_dim(modes)
         _check_count("batch_size", batch_size)
         max_len = self.max_seq_length(max_seq_length)
         items = list(texts)
-        vectors = np.empty((len(items), self.dim), np.float32)
+        vectors = np.empty((len(items), dim), np.float32)
         truncated = np.empty(len(items), np.int32)
         for start in range(0, len(items), SORT_WINDOW):
             window = slice(start, start + SORT_WINDOW)
-            truncated[window] = self._encode_window(items[window], start, vectors[window], pooling, batch_size,
+            truncated[window] = self._encode_window(items[window], start, vectors[window], modes, batch_size,
                                                     max_len, on_progress)
-        return (l2_normalize(vectors) if normalize else vectors), truncated
+        return (l2_normalize(vectors) if self.normalizes(normalize) else vectors), truncated
 
-    def _encode_window(self, items, start, vectors, pooling, batch_size, max_len, on_progress):
+    def _encode_window(self, items, start, vectors, modes, batch_size, max_len, on_progress):
         """Tokenize `items` (texts[start:...]) together, run them longest first, and write
         their vectors into `vectors`; returns the word pieces dropped per text."""
         try:
@@ -169,28 +227,35 @@ class Encoder:
         lengths = np.asarray(batch.lengths, dtype=np.int64)
         for rows, width in batches(lengths, batch_size):
             vectors[rows] = self.forward_pooled(batch.input_ids[rows, :width], batch.input_mask[rows, :width],
-                                                batch.segment_ids[rows, :width], lengths[rows], pooling)
+                                                batch.segment_ids[rows, :width], lengths[rows], modes)
             if on_progress:
                 on_progress(len(rows))
         return batch.truncated
 
-    def forward_pooled(self, input_ids, input_mask, segment_ids, lengths, pooling: str) -> np.ndarray:
-        """One forward pass over padded rows with `lengths` real tokens each: their pooled,
-        unnormalized float32 vectors. By the bit contract each row's vector is the one it
-        gets alone, so callers (encode, the server's batcher) may batch rows as they like."""
+    def forward_pooled(self, input_ids, input_mask, segment_ids, lengths, pooling=None) -> np.ndarray:
+        """One forward pass over padded rows with `lengths` real tokens each: their pooled
+        vectors, through the pipeline's Dense layers, not normalized (float32). By the bit
+        contract each row's vector is the one it gets alone, so callers (encode, the
+        server's batcher) may batch rows as they like. pooling as for encode()."""
         out = self.model(input_ids, input_mask, segment_ids)
-        return np.asarray(POOLERS[pooling](out, lengths), dtype=np.float32)
+        modes = self.pooling_modes(pooling)
+        x = out["pooled_output"] if modes == ("pooled",) else pool(modes, out["sequence_output"], lengths)
+        for kernel, bias, activation in self._dense:
+            x = self.model.ops.dense(x, kernel, bias, activation)
+        return np.asarray(x, dtype=np.float32)
 
     def max_seq_length(self, requested: int | None) -> int:
-        """The sequence length to truncate to: `requested`, checked, or the model's maximum."""
-        return max_seq_length(self.model.config, requested)
+        """The sequence length to truncate to: `requested`, checked, or the pipeline's, or
+        the model's maximum."""
+        return max_seq_length(self.model.config, requested, self.pipeline)
 
 
-def max_seq_length(config, requested: int | None) -> int:
-    """`requested`, checked against the model's config, or the model's maximum."""
+def max_seq_length(config, requested: int | None, pipeline=None) -> int:
+    """`requested`, checked against the model's config; else the pipeline's max_seq_length
+    (a sentence-embedding model's own), else the model's maximum."""
     limit = config.max_position_embeddings
     if requested is None:
-        return limit
+        return (pipeline and pipeline.max_seq_length) or limit
     _check_count("max_seq_length", requested)
     if requested > limit:
         raise InputError(f"max_seq_length {requested} exceeds the model's max_position_embeddings {limit}")

@@ -79,6 +79,7 @@ class Model:
         self.provenance = model_file.provenance
         self.spm_model = model_file.spm_model
         self.tokenizer_options = model_file.tokenizer_options
+        self.pipeline = model_file.pipeline
         self.backend = backend
         self.ops = make_ops(backend, dtype, threads)
         self.dtype = np.dtype(getattr(self.ops, "dtype", np.float32))

@@ -28,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from albert_ref.encoder import POOLINGS, Encoder, l2_normalize
+from albert_ref.encoder import Encoder, l2_normalize, resolve_pooling
 from albert_ref.errors import InputError
 from albert_ref.serve_batcher import BatchStats, Batcher
 from albert_ref.serve_inputs import (DEFAULTS, TRUNCATION_DIRECTIONS, RequestError, encode_whole, inputs, invalid, option,
@@ -79,8 +79,8 @@ class Service:
                  max_batch_requests, batch_window_ms, max_concurrent_requests, max_client_batch_size, payload_limit,
                  on_fatal):
         from albert_ref.model import Model
-        if pooling not in POOLINGS:
-            raise InputError(f"pooling must be one of {', '.join(POOLINGS)}, not {pooling!r}")
+        if pooling is not None:
+            resolve_pooling(None, pooling)  # checked now; None: the model's pipeline, resolved on loading
         if backend not in SERVE_BACKENDS:
             raise InputError(f"the server runs on the bit-contract backends ({', '.join(SERVE_BACKENDS)}), "
                              f"where a vector cannot depend on its batch; not {backend!r}")
@@ -97,7 +97,7 @@ class Service:
         self.model_source = model
         self.name = Path(model.path).stem if isinstance(model, Model) and model.path else \
             Path(model).stem if not isinstance(model, Model) else "albert-ref"
-        self.normalize = bool(normalize)
+        self.normalize = normalize  # None until the model is loaded: then the pipeline's choice
         self.requested_max_seq_length = max_seq_length
         self.max_seq_length: int | None = None  # known once the model is loaded
         self.backend, self.threads = backend, threads
@@ -118,6 +118,7 @@ class Service:
         encoder = Encoder(model)
         encoder.tokenizer  # noqa: B018 - a model without a tokenizer fails here, not at the first request
         self.max_seq_length = encoder.max_seq_length(self.requested_max_seq_length)
+        self.normalize = encoder.normalizes(self.normalize)
         if self.batcher.max_batch_tokens < self.max_seq_length:
             raise InputError(f"max_batch_tokens {self.batcher.max_batch_tokens} is less than max_seq_length "
                              f"{self.max_seq_length}: a longest text would not fit in a batch")
@@ -141,8 +142,9 @@ class Service:
         from albert_ref.kernels import CONTRACT_VERSION
         model, b = self.encoder.model, self.batcher
         return {"model": self.name, "version": __version__, "file": None if model.path is None else str(model.path),
-                "digest": model.digest, "config": model.config.to_dict(), "dimensions": self.encoder.dim,
-                "backend": model.backend, "pooling": b.pooling, "normalize": self.normalize,
+                "digest": model.digest, "config": model.config.to_dict(), "dimensions": b.dim,
+                "backend": model.backend, "pooling": ",".join(self.encoder.pooling_modes(b.pooling)),
+                "normalize": self.normalize,
                 "max_seq_length": self.max_seq_length, "contract_version": CONTRACT_VERSION,
                 "limits": {"max_batch_tokens": b.max_batch_tokens, "max_batch_requests": b.max_batch_requests,
                            "batch_window_ms": b.window_s * 1000,
@@ -253,9 +255,9 @@ def _openai_embeddings(service: Service):
         option(obj, "user", str, None)
         fmt = option(obj, "encoding_format", str, "float", choices=("float", "base64"))
         dimensions = option(obj, "dimensions", int, None)
-        if dimensions is not None and dimensions != service.encoder.dim:
+        if dimensions is not None and dimensions != service.batcher.dim:
             raise invalid(f"dimensions {dimensions} is not offered: this model's vectors have "
-                          f"{service.encoder.dim} dimensions (omit the field or give {service.encoder.dim})")
+                          f"{service.batcher.dim} dimensions (omit the field or give {service.batcher.dim})")
         vectors, tokens = await service.embed(inp)
         encode = ((lambda v: base64.b64encode(v.astype("<f4").tobytes()).decode("ascii")) if fmt == "base64"
                   else (lambda v: v.tolist()))
@@ -298,7 +300,7 @@ def _tei_tokenize(service: Service):
     return handle
 
 
-def create_app(model=None, *, pooling: str = "pooled", normalize: bool = False, max_seq_length: int | None = None,
+def create_app(model=None, *, pooling: str | None = None, normalize: bool | None = None, max_seq_length: int | None = None,
                backend: str = "cpu", threads: int | None = None, max_batch_tokens: int = DEFAULTS["max_batch_tokens"],
                max_batch_requests: int = DEFAULTS["max_batch_requests"],
                batch_window_ms: float = DEFAULTS["batch_window_ms"],

@@ -91,6 +91,7 @@ class Batcher:
         self._on_batch = on_batch or (lambda stats: None)
         self._on_fatal = on_fatal or (lambda exc: None)
         self.encoder: Encoder | None = None
+        self.dim: int | None = None  # the vectors' width, known once the model is loaded
         self.ready = threading.Event()
         self.error: BaseException | None = None
         self._cond = threading.Condition()
@@ -113,7 +114,7 @@ class Batcher:
         [SEP], each at most the server's max_seq_length, which max_batch_tokens covers).
         Cancelling the awaiting task (a client that went away) withdraws its waiting texts."""
         loop = asyncio.get_running_loop()
-        ticket = _Ticket(loop, loop.create_future(), np.empty((len(sequences), self.encoder.dim), np.float32),
+        ticket = _Ticket(loop, loop.create_future(), np.empty((len(sequences), self.dim), np.float32),
                          len(sequences))
         texts = [_Text(ids, ticket, row) for row, ids in enumerate(sequences)]
         with self._cond:
@@ -147,6 +148,7 @@ class Batcher:
     def _run(self) -> None:
         try:
             self.encoder = self._load()
+            self.dim = self.encoder.output_dim(self.pooling)  # also checks the pooling against a Dense pipeline
             self._warm_up()
         except BaseException as exc:  # noqa: BLE001 - reported to the server, which stops
             log.error("albert-ref serve: cannot load the model: %s", exc)

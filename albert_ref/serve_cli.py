@@ -9,7 +9,6 @@ import argparse
 import signal
 import sys
 
-from albert_ref.encoder import POOLINGS
 from albert_ref.errors import AlbertRefError
 
 DESCRIPTION = """\
@@ -34,9 +33,11 @@ def add_serve_parser(sub) -> None:
     p.add_argument("-m", "--model", help="albert-ref .h5 model file (default: the bundled demo model)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
-    p.add_argument("--pooling", choices=POOLINGS, default="pooled", help="as for `albert-ref embed` (default pooled)")
-    p.add_argument("--normalize", action="store_true",
-                   help="scale each vector to unit L2 norm (/embed's \"normalize\" overrides it per request)")
+    p.add_argument("--pooling", metavar="MODE", help="as for `albert-ref embed` (default: the model's pipeline, "
+                                                     "else pooled)")
+    p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
+                   help="scale each vector to unit L2 norm (default: as the model's pipeline says, else not; "
+                        "/embed's \"normalize\" overrides it per request)")
     p.add_argument("--max-seq-length", type=int, default=None,
                    help="longest input in tokens (default: the model's maximum); longer ones are refused "
                         "unless /embed asks to truncate")

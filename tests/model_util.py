@@ -64,3 +64,26 @@ def as_format_version_1(path) -> None:
     with h5py.File(path, "r+") as f:
         del f.attrs["manifest"], f.attrs["digest"]
         f.attrs["format_version"] = 1
+
+
+def with_pipeline(model_file, pipeline, seed=3):
+    """model_file given a sentence-embedding pipeline and random weights for its Dense layers."""
+    from albert_ref.weights.random_model import random_tensor
+    rng = np.random.default_rng(seed)
+    model_file.tensors.update({n: random_tensor(rng, n, s) for n, s in pipeline.tensor_shapes().items()})
+    model_file.pipeline = pipeline
+    return model_file
+
+
+def write_pipeline_model(path):
+    """The demo model (it has a tokenizer) with a pipeline (cls + mean pooling, a tanh Dense
+    layer to 8 dimensions, normalized, max_seq_length 24) written to `path`: a stand-in for
+    a converted sentence-transformers model, for the paths that must follow its pipeline."""
+    from albert_ref.pipeline import Dense, Pipeline
+    from albert_ref.weights import DEMO_MODEL
+    from albert_ref.weights.model_file import read_model, write_model
+    m = read_model(DEMO_MODEL)
+    m.checksums = None
+    hidden = m.config.hidden_size
+    write_model(path, with_pipeline(m, Pipeline(("cls", "mean"), 24, (Dense(2 * hidden, 8, True, "tanh"),), True)))
+    return path

@@ -29,7 +29,7 @@ from albert_ref.errors import InputError
 from albert_ref.weights import DEMO_MODEL
 from albert_ref.weights.model_file import read_model, write_model
 from albert_ref.weights.random_model import random_model_file
-from model_util import assert_bits_equal
+from model_util import assert_bits_equal, write_pipeline_model
 
 WORDS = "the of and to in is was for on that with city music world river house café naïve 1,999".split()
 OPTIONS = dict(pooling="mean", max_seq_length=48, batch_size=4)
@@ -102,6 +102,20 @@ def test_distributed_output_is_single_process_embed_bit_for_bit(client, corpus_d
     assert_complete(out, expected)
     again = embed_corpus(inputs(folder), out, client=client, id_field="id", partition_size=16, **OPTIONS)
     assert again.ok and again.done_before == 7 and again.computed == 0
+
+
+def test_a_pipeline_model_s_own_pooling_dense_and_normalization_apply(client, corpus_dir, tmp_path):
+    """Without pooling/normalize/max_seq_length, a job follows the model's pipeline, as the
+    single-process `albert-ref embed` does, bit for bit."""
+    folder, _ = corpus_dir
+    model = write_pipeline_model(tmp_path / "pipeline.h5")
+    single = tmp_path / "single.h5"
+    assert main(["embed", "--model", str(model), "--input", str(folder / "a.jsonl"), "--output", str(single)]) == 0
+    summary = embed_corpus([str(folder / "a.jsonl")], tmp_path / "out", model=model, client=client,
+                           partition_size=32)
+    assert summary.ok and summary.dim == 8
+    with h5py.File(single) as f:
+        assert_bits_equal(open_embeddings(tmp_path / "out").vectors, f["vectors"][:], "vectors")
 
 
 def test_one_worker_running_two_tasks_at_once_gets_the_same_bits(corpus_dir, tmp_path):

@@ -49,7 +49,10 @@ def _alias(f, target, alias):
     (lambda f: _alias(f, BLOCK + "query/kernel", BLOCK + "key/kernel"), ModelFileError, "linked more than once"),
     (lambda f: f.create_group("extra"), ModelFileError, "unexpected object.*extra"),
     (lambda f: f.create_group("weights/bert/empty"), ModelFileError, "unexpected object.*weights/bert/empty"),
-    (lambda f: f.attrs.__setitem__("pipeline", "{}"), ModelFileError, "unexpected attribute.*pipeline"),
+    (lambda f: f.attrs.__setitem__("pipeline", "{}"), ModelFileError, "invalid pipeline"),
+    # a valid pipeline slipped into a plain model would change its vectors: the manifest tells
+    (lambda f: f.attrs.__setitem__("pipeline", '{"pooling": ["mean"], "max_seq_length": null, "dense": [], '
+                                               '"normalize": true}'), ManifestError, "pipeline is .*the manifest says null"),
     (lambda f: f[BLOCK + "query/kernel"].attrs.__setitem__("scale", 2.0), ModelFileError, "unexpected attribute.*scale"),
     (lambda f: f.attrs.__setitem__("manifest", f.attrs["manifest"].replace(b'"gelu_tanh"', b'"gelu_erf"')),
      ManifestError, "manifest does not match the stored digest"),

@@ -27,7 +27,7 @@ import albert_ref  # noqa: E402
 from albert_ref.encoder import plan_batches  # noqa: E402
 from albert_ref.kernels import CONTRACT_VERSION  # noqa: E402
 from albert_ref.weights import DEMO_MODEL  # noqa: E402
-from model_util import assert_bits_equal  # noqa: E402
+from model_util import assert_bits_equal, write_pipeline_model  # noqa: E402
 
 MAX_LEN = 128  # the servers' --max-seq-length: long texts are cheap to make, passes stay small
 STARTUP_S = 300  # bounds for waiting loops: a loaded 2-core CI machine can be slow to start
@@ -371,6 +371,26 @@ def test_health_503_until_loaded_then_200(encoder):
         release.set()
         server.should_exit = True
         thread.join(120)
+
+
+def test_a_pipeline_model_serves_its_own_vectors(tmp_path):
+    """Without --pooling/--normalize the server follows the model's sentence-embedding
+    pipeline (pooling modes, Dense layers, normalization), as `albert-ref embed` does."""
+    path = write_pipeline_model(tmp_path / "pipeline.h5")
+    server = ServerProcess(tmp_path, "--model", str(path))
+    try:
+        url = server.wait_ready().url
+        encoder = albert_ref.Encoder(path)
+        info = get(f"{url}/info").json()
+        assert (info["pooling"], info["normalize"], info["dimensions"]) == ("cls,mean", True, encoder.dim) == \
+            ("cls,mean", True, 8)
+        texts = POOL[:5]
+        response = post(url, "/v1/embeddings", {"model": "pipeline", "input": texts})
+        assert response.status_code == 200, response.text
+        got = np.array([d["embedding"] for d in response.json()["data"]], np.float32)
+        assert_bits_equal(got, encoder.encode(texts, max_seq_length=MAX_LEN))
+    finally:
+        server.stop()
 
 
 def test_a_model_that_cannot_load_stops_the_command(tmp_path):

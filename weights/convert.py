@@ -26,11 +26,14 @@ def converter_version() -> str:
 
 
 def detect(src: Path) -> str:
-    """"tf_hub_module", "tf_hub_archive", "tf_checkpoint", "huggingface" or "albert_ref"
-    (an albert-ref model file of an older format version, rewritten in the current one)."""
+    """"tf_hub_module", "tf_hub_archive", "tf_checkpoint", "sentence_transformers", "huggingface"
+    or "albert_ref" (an albert-ref model file of an older format version, rewritten in the
+    current one)."""
     if src.is_dir():
         if (src / "variables" / "variables.index").is_file():
             return "tf_hub_module"
+        if (src / "modules.json").is_file():
+            return "sentence_transformers"
         if (src / "config.json").is_file():
             return "huggingface"
         if len(list(src.glob("*.index"))) == 1:
@@ -59,10 +62,10 @@ def convert(src, out, *, config_path=None, spm_path=None, do_lower_case=True) ->
         if config_path or spm_path:
             raise ConversionError("--config/--spm apply to TF sources; an albert-ref model file carries its own")
         model = read_model(src)
-    elif kind == "huggingface":
+    elif kind in ("huggingface", "sentence_transformers"):
         if config_path or spm_path:
             raise ConversionError("--config/--spm apply to TF sources; a Hugging Face directory carries its own")
-        model = _from_huggingface(src)
+        model = _from_huggingface(src) if kind == "huggingface" else _from_sentence_transformers(src)
     elif kind == "tf_hub_archive":
         with tempfile.TemporaryDirectory(prefix="albert-ref-hub-") as tmp:
             model = _from_tf(_extract_hub_archive(src, Path(tmp)), "tf_hub_module", config_path, spm_path,
@@ -89,6 +92,16 @@ def _from_huggingface(src: Path) -> ModelFile:
     return ModelFile(hf.config, hf.tensors, hf.spm_model, options,
                      {"source_format": "huggingface", "sources": hf.sources, "converter": converter_version(),
                       "notes": list(hf.notes)})
+
+
+def _from_sentence_transformers(src: Path) -> ModelFile:
+    from albert_ref.weights.st_source import read_sentence_transformers
+    st = read_sentence_transformers(src)
+    hf = st.hf
+    options = {"flavour": "huggingface", **hf.tokenizer_options}
+    return ModelFile(hf.config, {**hf.tensors, **st.dense_tensors}, hf.spm_model, options,
+                     {"source_format": "sentence_transformers", "sources": st.sources,
+                      "converter": converter_version(), "notes": list(st.notes)}, pipeline=st.pipeline)
 
 
 def _from_tf(src: Path, kind: str, config_path, spm_path, do_lower_case, archive: Path | None = None) -> ModelFile:

@@ -126,7 +126,7 @@ def _tokenizer_options(path: Path, sources: dict[str, str]) -> dict[str, bool]:
 
 # -- weights ----------------------------------------------------------------------------------
 
-def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
+def read_safetensors(path: Path) -> dict[str, np.ndarray]:
     try:
         with safe_open(str(path), framework="np") as f:
             names = list(f.keys())
@@ -151,7 +151,7 @@ def _read_weights(directory: Path, sources: dict[str, str]) -> tuple[dict[str, n
     name = next((n for n in WEIGHT_FILES if (directory / n).is_file()), None)
     if name is None:
         raise ConversionError(f"{directory} holds no weights (looked for {', '.join(WEIGHT_FILES)})")
-    read = _read_safetensors if name.startswith("model.safetensors") else load_torch_state_dict
+    read = read_safetensors if name.startswith("model.safetensors") else load_torch_state_dict
     if name.endswith(".index.json"):
         return _read_shards(directory / name, read, sources), name
     _hash_file(directory / name, sources)

@@ -16,6 +16,7 @@ import numpy as np
 from albert_ref.atomic import atomic_path
 from albert_ref.config import AlbertConfig
 from albert_ref.errors import ConfigError, ModelFileError
+from albert_ref.pipeline import Pipeline
 from albert_ref.weights.names import encoder_shapes, head_shapes
 
 FORMAT_NAME = "albert-ref"
@@ -25,13 +26,14 @@ GUARANTEES = {
     1: "format version 1: each tensor and the tokenizer have a SHA-256, but the config, the tokenizer options and "
        "which data belongs to which tensor name are covered by no stored checksum; the digest is computed on "
        "reading. Rewrite the file (`albert-ref convert OLD.h5 NEW.h5`) for version 2's guarantee",
-    2: "format version 2: a manifest of the config, the tokenizer (bytes' SHA-256 and options) and every tensor's "
-       "name, shape, dtype and SHA-256 is stored with its digest and checked on reading",
+    2: "format version 2: a manifest of the config, the tokenizer (bytes' SHA-256 and options), every tensor's "
+       "name, shape, dtype and SHA-256 and the sentence-embedding pipeline (if any) is stored with its digest and "
+       "checked on reading",
 }
 TOKENIZER_OPTIONS = {"flavour": "original", "do_lower_case": True, "keep_accents": False, "remove_space": True}
 # The attributes each object may carry; anything else in a file is refused.
 _ROOT_ATTRS = {1: {"format", "format_version", "config", "provenance"},
-               2: {"format", "format_version", "config", "provenance", "manifest", "digest"}}
+               2: {"format", "format_version", "config", "provenance", "manifest", "digest", "pipeline"}}
 
 
 class ChecksumError(ModelFileError):
@@ -59,6 +61,9 @@ class ModelFile:
     # The version of the file read (GUARANTEES says what it promises); write_model always
     # writes FORMAT_VERSION.
     format_version: int = dataclasses.field(default=FORMAT_VERSION, compare=False)
+    # A sentence-embedding pipeline (sentence-transformers models); its Dense weights are
+    # among `tensors`, named by albert_ref.pipeline.dense_names.
+    pipeline: Pipeline | None = None
 
     def __post_init__(self):
         self.tokenizer_options = check_tokenizer_options({**TOKENIZER_OPTIONS, **self.tokenizer_options}
@@ -71,7 +76,9 @@ class ModelFile:
 
     def manifest(self) -> dict:
         """Everything that decides an output: the config, the tokenizer's bytes (SHA-256
-        and length) and options, and every tensor's name, shape, dtype and SHA-256."""
+        and length) and options, every tensor's name, shape, dtype and SHA-256, and the
+        pipeline when there is one (absent otherwise, so that files without one keep
+        their digests)."""
         known = self.checksums or {}
         tokenizer = None if self.spm_model is None else {
             "bytes": len(self.spm_model), "sha256": self.tokenizer_checksum or sha256(self.spm_model),
@@ -79,7 +86,7 @@ class ModelFile:
         return {"config": self.config.to_dict(),
                 "tensors": {n: {"shape": list(t.shape), "dtype": t.dtype.str, "sha256": known.get(n) or sha256(t)}
                             for n, t in sorted(self.tensors.items())},
-                "tokenizer": tokenizer}
+                "tokenizer": tokenizer, **({"pipeline": self.pipeline.to_dict()} if self.pipeline else {})}
 
     @property
     def digest(self) -> str:
@@ -126,11 +133,18 @@ def file_sha256(path) -> str:
     return h.hexdigest()
 
 
-def check_tensors(config: AlbertConfig, tensors: dict, where: str = "", finite: bool = True) -> None:
+def check_tensors(config: AlbertConfig, tensors: dict, where: str = "", finite: bool = True,
+                  pipeline: Pipeline | None = None) -> None:
     """Names, shapes, dtype and (finite=True) finiteness of a model's tensors against its
-    config; with finite=False the values may be anything with a shape and a dtype (an
-    h5py dataset, checked before its data is read)."""
+    config and its pipeline's Dense layers, if any; with finite=False the values may be
+    anything with a shape and a dtype (an h5py dataset, checked before its data is read)."""
     expected = encoder_shapes(config)
+    if pipeline is not None:
+        try:
+            pipeline.check_against(config.hidden_size, config.max_position_embeddings)
+        except ModelFileError as exc:
+            raise ModelFileError(f"{where}{exc}") from None
+        expected.update(pipeline.tensor_shapes())
     missing = sorted(set(expected) - set(tensors))
     if missing:
         raise ModelFileError(f"{where}missing tensor(s): {', '.join(missing)}")
@@ -156,7 +170,7 @@ def write_model(path, model: ModelFile) -> None:
     """Validate `model` and write it to `path` atomically. The checksums written are
     recorded on `model` too, so that its digest does not hash the tensors again."""
     path = Path(path)
-    check_tensors(model.config, model.tensors)
+    check_tensors(model.config, model.tensors, pipeline=model.pipeline)
     checksums, tokenizer_checksum = {}, None
     # libver v110 (HDF5 >= 1.10 reads it): object headers, heaps and B-trees carry
     # checksums, so that damaged metadata is an error on reading. Text attributes are
@@ -167,6 +181,8 @@ def write_model(path, model: ModelFile) -> None:
         f.attrs["format_version"] = FORMAT_VERSION
         _set_text(f, "config", model.config.to_json())
         _set_text(f, "provenance", json.dumps(model.provenance, sort_keys=True))
+        if model.pipeline is not None:
+            _set_text(f, "pipeline", model.pipeline.to_json())
         weights = f.create_group("weights")
         for name in sorted(model.tensors):
             array = np.ascontiguousarray(model.tensors[name], dtype="<f4")
@@ -249,6 +265,12 @@ def _read(f: h5py.File, path: Path, verify: bool) -> ModelFile:
         raise ModelFileError(f"{path}: invalid config: {exc}") from None
     provenance = _json_attr(f, "provenance", path)
     manifest = _read_manifest(f, path) if version >= 2 else None
+    pipeline = None
+    if "pipeline" in f.attrs:
+        try:
+            pipeline = Pipeline.from_dict(_json_attr(f, "pipeline", path))
+        except (ModelFileError, TypeError) as exc:
+            raise ModelFileError(f"{path}: invalid pipeline: {exc}") from None
 
     datasets = _walk(f, path)
     unexpected = sorted(n for n in datasets if not n.startswith("weights/") and n != "tokenizer/sentencepiece")
@@ -259,11 +281,11 @@ def _read(f: h5py.File, path: Path, verify: bool) -> ModelFile:
         _check_attrs(ds, {"sha256"}, path)
         if ds.dtype != np.dtype("<f4"):
             raise ModelFileError(f"{path}: tensor {name}: dtype {ds.dtype}, expected little-endian float32")
-    check_tensors(config, weights, f"{path}: ", finite=False)  # names and shapes, before reading any data
+    check_tensors(config, weights, f"{path}: ", finite=False, pipeline=pipeline)  # before reading any data
     tensors, checksums = {}, {}
     for name, ds in weights.items():
         tensors[name], checksums[name] = _read_dataset(ds, name, path, verify)
-    check_tensors(config, tensors, f"{path}: ")
+    check_tensors(config, tensors, f"{path}: ", pipeline=pipeline)
 
     spm_model, spm_checksum, options = None, None, dict(TOKENIZER_OPTIONS)
     if "tokenizer/sentencepiece" in datasets:
@@ -286,7 +308,7 @@ def _read(f: h5py.File, path: Path, verify: bool) -> ModelFile:
         if isinstance(manifest["tokenizer"], dict):
             spm_checksum = manifest["tokenizer"].get("sha256")
     checksums = {n: c for n, c in checksums.items() if c is not None}
-    model = ModelFile(config, tensors, spm_model, options, provenance, checksums, spm_checksum, version)
+    model = ModelFile(config, tensors, spm_model, options, provenance, checksums, spm_checksum, version, pipeline)
     if manifest is not None:
         _check_manifest(model.manifest(), manifest, path)
     return model
@@ -298,8 +320,10 @@ def _read_manifest(f: h5py.File, path: Path) -> dict:
     if hashlib.sha256(text.encode()).hexdigest() != digest:
         raise ManifestError(f"{path}: the manifest does not match the stored digest: the file is corrupt")
     manifest = _json_attr(f, "manifest", path)
-    if not isinstance(manifest, dict) or set(manifest) != {"config", "tensors", "tokenizer"}:
-        raise ManifestError(f"{path}: the manifest is not an object with config, tensors and tokenizer")
+    if not isinstance(manifest, dict) or not {"config", "tensors", "tokenizer"} <= set(manifest) <= {
+            "config", "tensors", "tokenizer", "pipeline"}:
+        raise ManifestError(f"{path}: the manifest is not an object with config, tensors, tokenizer "
+                            f"(and, for a sentence-embedding model, pipeline)")
     return manifest
 
 
@@ -308,9 +332,9 @@ def _check_manifest(actual: dict, stored: dict, path: Path) -> None:
     manifest differ."""
     if canonical_json(actual) == canonical_json(stored):
         return
-    for section in ("config", "tokenizer"):
-        if actual[section] != stored[section]:
-            where = _first_difference(actual[section], stored[section], section)
+    for section in ("config", "tokenizer", "pipeline"):
+        if actual.get(section) != stored.get(section):
+            where = _first_difference(actual.get(section), stored.get(section), section)
             raise ManifestError(f"{path}: {where}: the file was altered or is corrupt")
     listed = stored["tensors"] if isinstance(stored["tensors"], dict) else {}
     extra, missing = sorted(set(actual["tensors"]) - set(listed)), sorted(set(listed) - set(actual["tensors"]))
