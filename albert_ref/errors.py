@@ -23,3 +23,7 @@ class InputError(AlbertRefError, ValueError):
 
 class TokenizerError(AlbertRefError):
     """Text cannot be tokenized (no tokenizer in the model file, undecodable bytes, ...)."""
+
+
+class IsaError(AlbertRefError, ValueError):
+    """A requested kernel variant (isa=, ALBERT_REF_ISA) is unknown or wider than the CPU's vectors."""
