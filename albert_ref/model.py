@@ -19,13 +19,13 @@ def make_ops(backend: str, dtype: str | None, threads: int | None, isa: str | No
     "cpu" backend's kernel variant (albert_ref.kernels.isa)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if isa is not None and backend != "cpu":
+        raise IsaError(f"isa={isa!r} selects a variant of the cpu backend's kernels; backend {backend!r} has none")
     if backend == "numpy":
         return NumpyOps(dtype or "float64")
     if dtype not in (None, "float32"):
         raise ValueError(f"backend {backend!r} computes in float32 only (got dtype={dtype!r}); "
                          f"use backend='numpy' for float64")
-    if isa is not None and backend != "cpu":
-        raise IsaError(f"isa={isa!r} selects a variant of the cpu backend's kernels; backend {backend!r} has none")
     if backend == "cuda":
         from albert_ref.cuda_backend import CudaOps
         return CudaOps()
