@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import os
+import platform
 import types
 from dataclasses import dataclass
 
@@ -114,6 +115,13 @@ def select(name: str | None = None) -> Variant:
                        f"{t.cpu} ({t.vector_bits}-bit vectors{'' if t.fma else ', no FMA instruction'}); "
                        f"this CPU runs: {', '.join(t.variants)}")
     return VARIANTS[name]
+
+
+def describe(variant: Variant) -> str:
+    """One line for benchmarks and logs: the compile target and the variant."""
+    t = target()
+    return (f"CPU {t.cpu} ({platform.machine()}, {t.vector_bits}-bit vectors{'' if t.fma else ', no FMA'}); "
+            f"kernel variant {variant.name}: {variant.mr} x {variant.nr} tile, {variant.bits}-bit vectors")
 
 
 class KernelSet:
