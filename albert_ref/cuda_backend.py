@@ -121,7 +121,7 @@ class CudaOps:
     name = "cuda"
     dtype = np.dtype(np.float32)
 
-    def __init__(self, dense_tile=None, attention_rows=None, layer_norm_rows=None, threads=None):
+    def __init__(self, dense_tile=None, attention_rows=None, layer_norm_rows=None):
         self._cuda = cuda = _require_cuda()
         from albert_ref.kernels import cuda_attention, cuda_embed, cuda_fmath, cuda_gemm, cuda_layernorm
         self._k_att, self._k_emb, self._k_gemm, self._k_ln = cuda_attention, cuda_embed, cuda_gemm, cuda_layernorm

@@ -32,3 +32,7 @@ class OutputError(AlbertRefError):
 class CheckFailed(AlbertRefError):
     """A check ran and found a difference (a golden digest, a checksum): the CLI exits 1,
     where every other error exits 2."""
+
+
+class IsaError(AlbertRefError, ValueError):
+    """A requested kernel variant (isa=, ALBERT_REF_ISA) is unknown or wider than the CPU's vectors."""

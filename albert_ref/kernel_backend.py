@@ -19,23 +19,24 @@ import numba
 import numpy as np
 
 from albert_ref.backends import embedding_indices, size_class
+from albert_ref.errors import IsaError
 from albert_ref.forward import is_dense_kernel
 from albert_ref.kernels import attention as _att
 from albert_ref.kernels import embed as _emb
 from albert_ref.kernels import gemm as _gemm
+from albert_ref.kernels import isa as _isa
 from albert_ref.kernels import layernorm as _ln
 
 
-
 class PackedKernel:
-    """A [K, N] dense kernel packed into NR-column panels (fast backend)."""
+    """A [K, N] dense kernel packed into the NR-column panels of one variant (fast backend)."""
 
-    __slots__ = ("panels", "shape")
+    __slots__ = ("panels", "shape", "variant")
 
-    def __init__(self, array):
+    def __init__(self, array, kernels: _isa.KernelSet):
         self.shape = array.shape
-        self.panels = _gemm.pack_b(array)
-
+        self.variant = kernels.variant
+        self.panels = kernels.pack(array)
 
 
 _HEAP_LIMITED = False
@@ -127,11 +128,18 @@ def _f32(array):
 
 
 class KernelOps:
-    """Ops over the kernels. fast=True: the "cpu" backend; fast=False: "reference"."""
+    """Ops over the kernels. fast=True: the "cpu" backend; fast=False: "reference".
 
-    def __init__(self, fast: bool = True, threads: int | None = None):
+    isa: the fast kernels' instruction-set variant (kernels/isa.py; None: $ALBERT_REF_ISA,
+    else the widest the CPU runs). The reference kernels have none (`isa` is None)."""
+
+    def __init__(self, fast: bool = True, threads: int | None = None, isa: str | None = None):
         self.fast = bool(fast)
         self.name = "cpu" if self.fast else "reference"
+        if isa is not None and not self.fast:
+            raise IsaError("isa selects a variant of the cpu backend's kernels; the reference kernels have none")
+        self._kernels = _isa.kernel_set(_isa.select(isa).name) if self.fast else None
+        self.isa = self._kernels.variant if self.fast else None
         if threads is None:
             threads = numba.config.NUMBA_NUM_THREADS
         threads = int(threads)
@@ -155,7 +163,7 @@ class KernelOps:
         if is_dense_kernel(name):
             if array.ndim != 2:
                 raise ValueError(f"{name}: a dense kernel must be 2-D, got shape {array.shape}")
-            return PackedKernel(array) if self.fast else array
+            return PackedKernel(array, self._kernels) if self.fast else array
         return array
 
     # -- ops ----------------------------------------------------------------------------------
@@ -193,8 +201,10 @@ class KernelOps:
         x2 = _f32(x).reshape(-1, K)
         out = self._workspace.empty((x2.shape[0], N))
         if self.fast:
+            if kernel.variant != self.isa:
+                raise ValueError(f"dense: kernel packed for isa {kernel.variant.name!r}, backend runs {self.isa.name!r}")
             self._threads()
-            _gemm.dense_fast(x2, kernel.panels, bias, act, self.threads, out)
+            self._kernels.dense(x2, kernel.panels, bias, act, self.threads, out)
         else:
             _gemm.dense_ref(x2, kernel, bias, act, out)
         return out.reshape(*lead, N)
@@ -209,7 +219,7 @@ class KernelOps:
         out = self._workspace.empty(q.shape)
         if self.fast:
             self._threads()
-            _att.attention_fast(q, k, v, mask, num_heads, scale, out)
+            self._kernels.attention(q, k, v, mask, num_heads, scale, out)
         else:
             _att.attention_ref(q, k, v, mask, num_heads, scale, out)
         return out

@@ -7,30 +7,37 @@ import numpy as np
 
 from albert_ref import forward as fwd
 from albert_ref.backends import NumpyOps
-from albert_ref.errors import InputError, TokenizerError
+from albert_ref.errors import InputError, IsaError, TokenizerError
 from albert_ref.weights.model_file import ModelFile, read_model
 from albert_ref.weights.names import num_parameters
 
 BACKENDS = ("cpu", "reference", "numpy", "cuda")
 
 
-def make_ops(backend: str, dtype: str | None, threads: int | None):
-    """The ops object for a backend name. Kernel backends are float32 only."""
+def make_ops(backend: str, dtype: str | None, threads: int | None, isa: str | None = None):
+    """The ops object for a backend name. Kernel backends are float32 only; isa picks the
+    "cpu" backend's kernel variant (albert_ref.kernels.isa)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise InputError(f"threads must be a positive integer, got {threads!r}")
+    if isa is not None and backend != "cpu":
+        raise IsaError(f"isa={isa!r} selects a variant of the cpu backend's kernels; backend {backend!r} has none")
     if backend == "numpy":
         return NumpyOps(dtype or "float64")
     if dtype not in (None, "float32"):
         raise ValueError(f"backend {backend!r} computes in float32 only (got dtype={dtype!r}); "
                          f"use backend='numpy' for float64")
     if backend == "cuda":
+        if threads is not None:  # the GPU's parallelism is not set in CPU threads: say so, do not ignore it
+            raise InputError("threads applies to the cpu and reference backends, not to 'cuda'")
         from albert_ref.cuda_backend import CudaOps
         return CudaOps()
     from albert_ref.kernel_backend import KernelOps
     try:
-        return KernelOps(fast=backend == "cpu", threads=threads)
+        return KernelOps(fast=backend == "cpu", threads=threads, isa=isa)
+    except IsaError:
+        raise
     except ValueError as exc:  # more threads than NUMBA_NUM_THREADS
         raise InputError(str(exc)) from None
 
@@ -58,16 +65,18 @@ def _make_tokenizer(spm_model, options):
 
 
 def load(path, backend: str = "cpu", dtype: str | None = None, threads: int | None = None,
-         verify: bool = True) -> "Model":
+         verify: bool = True, isa: str | None = None) -> "Model":
     """Load a model file. backend: "cpu" (fast kernels, the default), "reference" (the
     kernels that define the bits), "cuda" (numba.cuda kernels, the same bits) or "numpy"
-    (float64 by default, or dtype="float32")."""
-    return Model(read_model(path, verify=verify), backend, dtype, threads, path=path)
+    (float64 by default, or dtype="float32"). isa: the cpu backend's kernel variant,
+    "avx512", "avx2" or "sse" (default: $ALBERT_REF_ISA, else the widest this CPU runs);
+    every variant gives the same bits."""
+    return Model(read_model(path, verify=verify), backend, dtype, threads, path=path, isa=isa)
 
 
 class Model:
     def __init__(self, model_file: ModelFile, backend: str = "cpu", dtype: str | None = None,
-                 threads: int | None = None, *, path=None):
+                 threads: int | None = None, *, path=None, isa: str | None = None):
         # Only the file's description is kept: the backend's prepared copies replace the
         # tensors, so holding the originals too would double the memory. `path` names the
         # file the model was read from (None when built from a ModelFile in memory), so
@@ -81,7 +90,7 @@ class Model:
         self.tokenizer_options = model_file.tokenizer_options
         self.pipeline = model_file.pipeline
         self.backend = backend
-        self.ops = make_ops(backend, dtype, threads)
+        self.ops = make_ops(backend, dtype, threads, isa)
         self.dtype = np.dtype(getattr(self.ops, "dtype", np.float32))
         self.params = {name: self.ops.prepare(name, array)
                        for name, array in fwd.with_head_decoders(model_file.tensors).items()}

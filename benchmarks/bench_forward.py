@@ -10,6 +10,14 @@ in a second process reusing that cache (warm start).
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_forward.py --peers
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_forward.py --peers --model base --cases 32x128
+
+--isa picks albert-ref's kernel variant. An AVX2 machine, approximated on an AVX-512 one
+(every engine held to AVX2: Numba compiles for Haswell with Haswell's own features,
+PyTorch's, MKL's, oneDNN's and OpenBLAS's dispatchers are capped at AVX2):
+
+    env -u OPENBLAS_L2_SIZE NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES= ATEN_CPU_CAPABILITY=avx2 \
+        MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 OPENBLAS_CORETYPE=Haswell \
+        python benchmarks/bench_forward.py --peers
 """
 from __future__ import annotations
 
@@ -86,7 +94,7 @@ def worker_ours(args):
     t_import = time.perf_counter() - t0
     config = AlbertConfig(**MODELS[args.model])
     limit_heap_retention()  # as the CLI does
-    ops = KernelOps(True, threads=args.threads)
+    ops = KernelOps(True, threads=args.threads, isa=args.isa)
     params = build_params(ops, config)
     t_params = time.perf_counter() - t0 - t_import
     ids, mask, segs = inputs(args.batch, args.seq, config.vocab_size)
@@ -98,7 +106,7 @@ def worker_ours(args):
         if i == 0:
             first_output = time.perf_counter() - t0
     seq = out["sequence_output"]
-    return dict(engine="albert-ref cpu", times=times[1:], first_call=times[0], import_s=t_import, params_s=t_params,
+    return dict(engine=f"albert-ref cpu ({ops.isa.name})", times=times[1:], first_call=times[0], import_s=t_import, params_s=t_params,
                 first_output_s=first_output, rss_mb=peak_rss_mb(),
                 checksum=float(np.abs(seq).astype(np.float64).sum()), finite=bool(np.isfinite(seq).all()))
 
@@ -194,9 +202,9 @@ def worker_accuracy(args):
 WORKERS = {"accuracy": worker_accuracy, "ours": worker_ours, "torch": worker_torch, "ort": worker_ort, "ort_export": worker_ort_export}
 
 
-def spawn(kind, batch, seq, threads, reps, env=None, onnx="", model="xlarge"):
+def spawn(kind, batch, seq, threads, reps, env=None, onnx="", model="xlarge", isa=None):
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", kind, "--batch", str(batch), "--seq", str(seq),
-           "--threads", str(threads), "--reps", str(reps), "--onnx", onnx, "--model", model]
+           "--threads", str(threads), "--reps", str(reps), "--onnx", onnx, "--model", model] + (["--isa", isa] if isa else [])
     e = dict(os.environ, **(env or {}))
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
         e[var] = str(threads)
@@ -229,6 +237,7 @@ def main(argv=None):
     ap.add_argument("--peers", action="store_true", help="also time PyTorch eager (and ONNX Runtime if installed)")
     ap.add_argument("--no-compile", action="store_true", help="skip the cold/warm start measurement")
     ap.add_argument("--accuracy", action="store_true", help="only: errors vs the float64 NumPy forward")
+    ap.add_argument("--isa", default=None, help="kernel variant (avx512, avx2, sse; default: chosen for this CPU)")
     ap.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     ap.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)
     ap.add_argument("--seq", type=int, default=128, help=argparse.SUPPRESS)
@@ -244,8 +253,10 @@ def main(argv=None):
     import numpy as np
     print(f"{args.model} forward, {args.threads} threads; python {platform.python_version()}, numpy {np.__version__}, "
           f"numba {numba.__version__}; {platform.processor() or platform.machine()}, {os.cpu_count()} cpus")
+    from albert_ref.kernels import isa
+    print("  " + isa.describe(isa.select(args.isa)))
     for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
-        if var in os.environ:
+        if var in os.environ and (var, os.environ[var]) != ("OPENBLAS_CORETYPE", "Haswell"):
             print(f"  warning: {var} is set", file=sys.stderr)
     if args.accuracy:
         r = spawn("accuracy", 2, 128, args.threads, 0, model=args.model)
@@ -259,7 +270,7 @@ def main(argv=None):
         with tempfile.TemporaryDirectory() as cache:
             env = {"NUMBA_CACHE_DIR": cache}
             for label in ("cold (empty Numba cache)", "warm (cache from the previous process)"):
-                r = spawn("ours", 1, 128, args.threads, 1, env, model=args.model)
+                r = spawn("ours", 1, 128, args.threads, 1, env, model=args.model, isa=args.isa)
                 if r:
                     print(f"  start, {label}: first output {r['first_output_s']:.1f} s after process start "
                           f"(imports {r['import_s']:.1f} s, random weights + packing {r['params_s']:.1f} s, first "
@@ -278,7 +289,7 @@ def main(argv=None):
             print("  (onnxruntime not installed: skipped)")
     for case in args.cases:
         B, S = map(int, case.split("x"))
-        r = spawn("ours", B, S, args.threads, args.reps, model=args.model)
+        r = spawn("ours", B, S, args.threads, args.reps, model=args.model, isa=args.isa)
         results[("ours", case)] = report(r, B, S, args.model) if r else None
         if args.peers:
             r = spawn("torch", B, S, args.threads, args.reps, model=args.model)

@@ -9,6 +9,14 @@ Run with OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE
 unset so that OpenBLAS picks its best kernel for the machine:
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_gemm.py --threads 2
+
+--isa picks the kernel variant (default: the one albert-ref chooses). To approximate an
+AVX2 machine on an AVX-512 one, have Numba compile for Haswell with Haswell's own features
+(NUMBA_CPU_NAME alone keeps the host's features, AVX-512 included) and OpenBLAS use its
+Haswell kernel:
+
+    env -u OPENBLAS_L2_SIZE OPENBLAS_CORETYPE=Haswell NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES= \
+        python benchmarks/bench_gemm.py --threads 2
 """
 from __future__ import annotations
 
@@ -22,11 +30,12 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--M", type=int, default=1024)
+    ap.add_argument("--isa", default=None, help="kernel variant (avx512, avx2, sse; default: chosen for this CPU)")
     args = ap.parse_args(argv)
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
         os.environ[var] = str(args.threads)
     for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
-        if var in os.environ:
+        if var in os.environ and (var, os.environ[var]) != ("OPENBLAS_CORETYPE", "Haswell"):
             print(f"warning: {var}={os.environ[var]} is set; numpy's numbers will not be its best", file=sys.stderr)
 
     import time
@@ -34,9 +43,10 @@ def main(argv=None):
     import numba
     import numpy as np
 
-    from albert_ref.kernels import gemm
+    from albert_ref.kernels import isa
 
     numba.set_num_threads(args.threads)
+    kernels = isa.kernel_set(isa.select(args.isa).name)
     try:
         from threadpoolctl import threadpool_info
         blas = ", ".join(f"{i.get('internal_api')} {i.get('version')} {i.get('architecture')} x{i.get('num_threads')}"
@@ -44,6 +54,7 @@ def main(argv=None):
     except ImportError:
         blas = "?"
     print(f"numpy {np.__version__} ({blas}); numba {numba.__version__}; threads {args.threads}")
+    print(isa.describe(kernels.variant))
     rng = np.random.default_rng(0)
     M = args.M
     print("medians (best-of in parentheses)")
@@ -55,10 +66,10 @@ def main(argv=None):
             x = rng.standard_normal((M, K), dtype=np.float32)
             w = (rng.standard_normal((K, N), dtype=np.float32) / np.float32(np.sqrt(K)))
             bias = np.zeros(N, np.float32)
-            bp = gemm.pack_b(w)
-            ours = lambda: gemm.dense_fast(x, bp, bias, 0, args.threads, np.empty((M, N), np.float32))
+            bp = kernels.pack(w)
+            ours = lambda: kernels.dense(x, bp, bias, 0, args.threads, np.empty((M, N), np.float32))
             out = np.empty((M, N), np.float32)
-            reused = lambda: gemm.dense_fast(x, bp, bias, 0, args.threads, out)
+            reused = lambda: kernels.dense(x, bp, bias, 0, args.threads, out)
             theirs = lambda: np.matmul(x, w)
             a, b = ours(), theirs()
             times = {"ours": [], "reused": [], "numpy": []}

@@ -12,6 +12,9 @@ For head h (columns h*d .. h*d+d-1 of q, k, v), every query position i (padded o
   out[b,i,h*d+c] = dot over j of (w_j, v[b,r_j,h*d+c])   the dense contract over n terms
 Masked keys take no part at all: their weight is exactly 0 by construction, and the
 result at any position does not depend on padding or on the other sequences.
+
+`attention_fast` is a template, compiled per instruction-set variant by isa.py: it reads
+MR, NR and `gemm_tile` (the variant's dense kernel) from the variant's namespace.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ import numpy as np
 from numba import njit, prange
 
 from .fmath import exp32
-from .gemm import MR, NR, dot_ref, gemm_tile
+from .gemm import dot_ref
 from .reduce import lane_sum, lane_sum_ref
 
 def attention_scale(d):
@@ -118,7 +121,6 @@ def softmax_rows(sc, ldc, rows, n, scale, lanes):
             row[j] = row[j] / total
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
 def attention_fast(q, k, v, mask, num_heads, scale, out):
     """Per (sequence, head), two contract GEMMs on the dense micro-kernel: scores =
     Q_h K_h^T with Q_h read in place from q, then context = W V_h written in place into

@@ -7,13 +7,19 @@ Contract: out[m, n] = act(dot(x[m, :], W[:, n]) + b[n]) where, for K terms,
 Two implementations, which must agree bit for bit:
 
 * `dense_ref`: plain scalar loops over the contract, obviously correct (slow).
-* `dense_fast`: packed-panel GEMM. B (the weight) is packed once into NR-column panels,
-  A (the activations) is read in place, row-major; a micro-kernel written in LLVM IR
-  (`_micro`, MR x NR accumulators in <16 x float> registers, `llvm.fma.v16f32`) computes
-  one KB-block of an MR x NR tile from zero accumulators and stores it (first block) or
-  adds it (later blocks) into C, which is exactly the contract's order. Threads (`prange`)
-  take whole output tiles; no reduction is ever split. Bias + activation are applied to
-  each tile right after its last block, while it is in cache.
+* the fast path (`gemm_packed`, run through `isa.KernelSet.dense`): packed-panel GEMM.
+  B (the weight) is packed once into NR-column panels, A (the activations) is read in
+  place, row-major; a micro-kernel written in LLVM IR (`make_micro`: MR x NR accumulators
+  in <VW x float> registers, `llvm.fma.vVWf32`) computes one KB-block of an MR x NR tile
+  from zero accumulators and stores it (first block) or adds it (later blocks) into C,
+  which is exactly the contract's order. Threads (`prange`) take whole output tiles; no
+  reduction is ever split. Bias + activation are applied to each tile right after its
+  last block, while it is in cache.
+
+The tile shape and vector width are not in the contract: they are the instruction-set
+variant's (isa.py), and `gemm_tile` / `gemm_packed` are templates that isa.py compiles
+once per variant, reading the globals MR, NR (micro-tile rows and columns) and `_micro`
+(its micro-kernel) from the variant's namespace. This module defines none of the three.
 """
 from __future__ import annotations
 
@@ -26,9 +32,6 @@ from numba.extending import intrinsic
 from .fmath import fma, gelu_erf32, gelu_tanh32, relu32, tanh32
 
 KB = 128      # contract: dot-product block length
-MR = 4        # micro-tile rows (fast kernel only; 4 x 64 measured best on Zen 5: 8 x 32 spills
-              # its 8 row pointers of A, 6 x 32 and 12 x 32 are slower)
-NR = 64       # micro-tile columns: NR/16 vectors of 16 floats (fast kernel only)
 
 ACT_CODES = {None: 0, "linear": 0, "gelu_tanh": 1, "gelu_erf": 2, "relu": 3, "tanh": 4}
 _F32 = np.float32
@@ -76,8 +79,9 @@ def dense_ref(x, w, bias, act, out):
 
 # --- fast: the LLVM-IR micro-kernel ------------------------------------------------------------
 
-def _make_micro(mr, nr):
-    nv = nr // 16
+def make_micro(mr, nr, vw):
+    """The micro-kernel of an mr x nr tile held in nr/vw vectors of vw floats per row."""
+    nv = nr // vw
 
     @intrinsic
     def micro(typingctx, a, a_off, a_ks, a_rs, b, b_off, kc, c, c_off, ldc, accumulate):
@@ -92,17 +96,17 @@ def _make_micro(mr, nr):
         def codegen(context, builder, signature, args):
             a_v, a_off_v, a_ks_v, a_rs_v, b_v, b_off_v, kc_v, c_v, c_off_v, ldc_v, acc_v = args
             fty = ir.FloatType()
-            vty = ir.VectorType(fty, 16)
+            vty = ir.VectorType(fty, vw)
             ity = ir.IntType(64)
             a_ptr = builder.gep(context.make_array(signature.args[0])(context, builder, a_v).data, [a_off_v])
             b_ptr = builder.gep(context.make_array(signature.args[4])(context, builder, b_v).data, [b_off_v])
             c_ptr = builder.gep(context.make_array(signature.args[7])(context, builder, c_v).data, [c_off_v])
             a_rows = [builder.gep(a_ptr, [builder.mul(a_rs_v, ir.Constant(ity, r))]) for r in range(mr)]
             fma_v = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty] * 3),
-                                                   "llvm.fma.v16f32")
+                                                   f"llvm.fma.v{vw}f32")
             zero = ir.Constant(vty, None)
             undef = ir.Constant(vty, ir.Undefined)
-            splat_mask = ir.Constant(ir.VectorType(ir.IntType(32), 16), None)
+            splat_mask = ir.Constant(ir.VectorType(ir.IntType(32), vw), None)
             pre = builder.block
             fn = builder.function
             head = fn.append_basic_block("mk_head")
@@ -122,7 +126,7 @@ def _make_micro(mr, nr):
 
             builder.position_at_end(body)
             bp = builder.gep(b_ptr, [builder.mul(k, ir.Constant(ity, nr))])
-            bvec = [builder.load(builder.bitcast(builder.gep(bp, [ir.Constant(ity, 16 * v)]), vty.as_pointer()),
+            bvec = [builder.load(builder.bitcast(builder.gep(bp, [ir.Constant(ity, vw * v)]), vty.as_pointer()),
                                  align=4) for v in range(nv)]
             ka = builder.mul(k, a_ks_v)
             new = []
@@ -144,7 +148,7 @@ def _make_micro(mr, nr):
             for r in range(mr):
                 row = builder.gep(c_ptr, [builder.mul(ldc_v, ir.Constant(ity, r))])
                 for v in range(nv):
-                    ptrs.append(builder.bitcast(builder.gep(row, [ir.Constant(ity, 16 * v)]), vty.as_pointer()))
+                    ptrs.append(builder.bitcast(builder.gep(row, [ir.Constant(ity, vw * v)]), vty.as_pointer()))
             with builder.if_else(builder.icmp_signed("!=", acc_v, ir.Constant(ity, 0))) as (then, otherwise):
                 with then:
                     for p, acc in zip(ptrs, accs):
@@ -159,21 +163,18 @@ def _make_micro(mr, nr):
     return micro
 
 
-_micro = _make_micro(MR, NR)
-
-
 # --- fast: packing and the tiled driver -------------------------------------------------------
 
 @njit(**_JIT)
-def pack_b(w):
-    """W [K, N] -> panels [ceil(N/NR), K, NR], zero-padded columns. Done once per weight."""
+def pack_b(w, nr):
+    """W [K, N] -> panels [ceil(N/nr), K, nr], zero-padded columns. Done once per weight."""
     K, N = w.shape
-    npan = (N + NR - 1) // NR
-    out = np.zeros((npan, K, NR), dtype=np.float32)
+    npan = (N + nr - 1) // nr
+    out = np.zeros((npan, K, nr), dtype=np.float32)
     for p in range(npan):
         for k in range(K):
-            for j in range(min(NR, N - p * NR)):
-                out[p, k, j] = w[k, p * NR + j]
+            for j in range(min(nr, N - p * nr)):
+                out[p, k, j] = w[k, p * nr + j]
     return out
 
 
@@ -201,7 +202,6 @@ def _epilogue(out, bias, i0, i1, j0, j1, act):
                 row[j] = row[j] + b[j]
 
 
-@njit(**_JIT)
 def gemm_tile(a, a0, lda, M, bp, c, c0, ldc, N, i0, i1, j0, j1, ka, kz, tmp, edge):
     """C[i0:i1, j0:j1] (= if ka == 0, else +=) the contract's blocks of k in [ka, kz)
     (ka, kz multiples of KB, or kz == K) of A times packed B [panels, K, NR]; no bias.
@@ -239,7 +239,6 @@ def gemm_tile(a, a0, lda, M, bp, c, c0, ldc, N, i0, i1, j0, j1, ka, kz, tmp, edg
                             c[row + col] = c[row + col] + t if acc else t
 
 
-@njit(parallel=True, **_JIT)
 def gemm_packed(x, bp, bias, act, out, mc, nc, kchunk):
     """out [M, N] = act(x @ B + bias), x [M, K] C order, B packed.
 
@@ -274,20 +273,11 @@ def gemm_packed(x, bp, bias, act, out, mc, nc, kchunk):
                 _epilogue(out, bias, i0, i1, j0, j1, act)
 
 
-def tile_sizes(M, N, K, threads):
-    """Cache/parallel tiling (affects speed only, never the bits)."""
-    mc = min(128, -(-M // MR) * MR)
-    nc = 256
-    while nc > NR and (-(-M // mc)) * (-(-N // nc)) < 4 * threads:
-        nc //= 2
+def tile_sizes(M, N, K, threads, mr, nr):
+    """Cache/parallel tiling for an mr x nr micro-tile (affects speed only, never the bits)."""
+    mc = min(128 - 128 % mr, -(-M // mr) * mr)
+    nc = 256 - 256 % nr
+    while nc > nr and (-(-M // mc)) * (-(-N // nc)) < 4 * threads:
+        nc = max(nr, (nc // 2) - (nc // 2) % nr)
     kchunk = 1024 if M * N >= (1 << 20) else K
     return mc, nc, max(KB, kchunk)
-
-
-def dense_fast(x2, bp, bias, act, threads, out):
-    """out [M, N] = act(x2 @ W + bias): x2 [M, K] float32 (C order), bp = pack_b(W)."""
-    M, K = x2.shape
-    N = out.shape[1]
-    mc, nc, kchunk = tile_sizes(M, N, K, threads)
-    gemm_packed(x2, bp, bias, act, out, mc, nc, kchunk)
-    return out
