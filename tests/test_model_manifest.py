@@ -146,3 +146,36 @@ def test_the_digest_covers_everything_that_decides_an_output(model, what, seed):
         tensors[name] = flat.reshape(tensors[name].shape)
     changed = ModelFile(config, tensors, spm, options)
     assert changed.digest != model.digest
+
+
+def test_read_tokenizer_reads_no_tensor_but_checks_what_it_reads(good_file):
+    """`albert-ref tokenize` reads the config and tokenizer alone (read_tokenizer): the same
+    as read_model gives, its bytes hashed, config and options held to the manifest; damage
+    to a tensor's data, which tokenizing never reads, does not stop it."""
+    from albert_ref.weights.model_file import ChecksumError, read_tokenizer
+    full, part = read_model(good_file), read_tokenizer(good_file)
+    assert (part.config, part.spm_model, part.tokenizer_options) == (full.config, full.spm_model,
+                                                                       full.tokenizer_options)
+
+    def flip_tensor(f):
+        ds = f[BLOCK + "query/kernel"]
+        ds[0, 0] = -ds[0, 0] - 1
+    _edit(good_file, flip_tensor)
+    with pytest.raises(ChecksumError):
+        read_model(good_file)
+    assert read_tokenizer(good_file).spm_model == full.spm_model
+
+    _edit(good_file, _set_options(do_lower_case=True))
+    with pytest.raises(ManifestError, match="tokenizer.options.do_lower_case"):
+        read_tokenizer(good_file)
+
+
+def test_read_tokenizer_checks_the_tokenizer_bytes(good_file):
+    from albert_ref.weights.model_file import ChecksumError, read_tokenizer
+
+    def flip(f):
+        ds = f["tokenizer/sentencepiece"]
+        ds[10] = ds[10] ^ 1
+    _edit(good_file, flip)
+    with pytest.raises(ChecksumError):
+        read_tokenizer(good_file)

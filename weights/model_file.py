@@ -80,19 +80,24 @@ class ModelFile:
         pipeline when there is one (absent otherwise, so that files without one keep
         their digests)."""
         known = self.checksums or {}
-        tokenizer = None if self.spm_model is None else {
-            "bytes": len(self.spm_model), "sha256": self.tokenizer_checksum or sha256(self.spm_model),
-            "options": self.tokenizer_options}
         return {"config": self.config.to_dict(),
                 "tensors": {n: {"shape": list(t.shape), "dtype": t.dtype.str, "sha256": known.get(n) or sha256(t)}
                             for n, t in sorted(self.tensors.items())},
-                "tokenizer": tokenizer, **({"pipeline": self.pipeline.to_dict()} if self.pipeline else {})}
+                "tokenizer": tokenizer_entry(self.spm_model, self.tokenizer_options, self.tokenizer_checksum),
+                **({"pipeline": self.pipeline.to_dict()} if self.pipeline else {})}
 
     @property
     def digest(self) -> str:
         """SHA-256 of the canonical manifest: two models with the same digest compute the
         same function."""
         return hashlib.sha256(canonical_json(self.manifest()).encode()).hexdigest()
+
+
+def tokenizer_entry(spm_model: bytes | None, options: dict, checksum: str | None = None) -> dict | None:
+    """The manifest's record of a tokenizer: its bytes' length and SHA-256, and its options."""
+    if spm_model is None:
+        return None
+    return {"bytes": len(spm_model), "sha256": checksum or sha256(spm_model), "options": options}
 
 
 def canonical_json(doc) -> str:
@@ -208,6 +213,37 @@ def _set_text(obj, name: str, text: str) -> None:
 def read_model(path, verify: bool = True) -> ModelFile:
     """Read and validate a model file; `verify=False` skips only the SHA-256 checks (the
     stored checksums are returned either way: the digest is made from them)."""
+    return _reading(path, lambda f, path: _read(f, path, verify))
+
+
+@dataclasses.dataclass
+class TokenizerPart:
+    """What `read_tokenizer` reads of a model file."""
+    config: AlbertConfig
+    spm_model: bytes | None
+    tokenizer_options: dict
+
+
+def read_tokenizer(path) -> TokenizerPart:
+    """The config and tokenizer of a model file, without reading its tensors (for
+    `albert-ref tokenize`). Validated as read_model validates them: the tokenizer's bytes
+    against their SHA-256 and, in a version-2 file, config, tokenizer and options against
+    the manifest, whose digest is checked."""
+    def read(f, path):
+        version, config, manifest, _ = _read_header(f, path)
+        spm_model, checksum, options = _read_tokenizer(f, _walk(f, path), path, verify=True)
+        if manifest is not None:
+            actual = {"config": config.to_dict(), "tokenizer": tokenizer_entry(spm_model, options, checksum)}
+            for section, value in actual.items():
+                if value != manifest[section]:
+                    where = _first_difference(value, manifest[section], section)
+                    raise ManifestError(f"{path}: {where}: the file was altered or is corrupt")
+        return TokenizerPart(config, spm_model, options)
+    return _reading(path, read)
+
+
+def _reading(path, read):
+    """read(open h5py file, path), with every failure of a damaged file a ModelFileError."""
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"{path}: no such model file")
@@ -217,7 +253,7 @@ def read_model(path, verify: bool = True) -> ModelFile:
         raise ModelFileError(f"{path}: not a readable HDF5 file (truncated or corrupt?): {exc}") from None
     try:
         with f:
-            return _read(f, path, verify)
+            return read(f, path)
     except ModelFileError:
         raise
     except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
@@ -251,7 +287,8 @@ def _check_attrs(obj, allowed, path) -> None:
         raise ModelFileError(f"{path}: unexpected attribute(s) on {obj.name}: {', '.join(unexpected)}")
 
 
-def _read(f: h5py.File, path: Path, verify: bool) -> ModelFile:
+def _read_header(f: h5py.File, path: Path):
+    """The root attributes, checked: (format version, config, manifest or None, pipeline or None)."""
     if _attr(f, "format", path) != FORMAT_NAME:
         raise ModelFileError(f"{path}: not an albert-ref model file (format {f.attrs['format']!r})")
     version = _attr(f, "format_version", path, int)
@@ -263,7 +300,6 @@ def _read(f: h5py.File, path: Path, verify: bool) -> ModelFile:
         config = AlbertConfig.from_dict(_json_attr(f, "config", path))
     except ConfigError as exc:
         raise ModelFileError(f"{path}: invalid config: {exc}") from None
-    provenance = _json_attr(f, "provenance", path)
     manifest = _read_manifest(f, path) if version >= 2 else None
     pipeline = None
     if "pipeline" in f.attrs:
@@ -271,7 +307,28 @@ def _read(f: h5py.File, path: Path, verify: bool) -> ModelFile:
             pipeline = Pipeline.from_dict(_json_attr(f, "pipeline", path))
         except (ModelFileError, TypeError) as exc:
             raise ModelFileError(f"{path}: invalid pipeline: {exc}") from None
+    return version, config, manifest, pipeline
 
+
+def _read_tokenizer(f: h5py.File, datasets: dict, path: Path, verify: bool):
+    """(sentencepiece bytes or None, their checksum, the options), checked."""
+    if "tokenizer/sentencepiece" not in datasets:
+        return None, None, dict(TOKENIZER_OPTIONS)
+    ds = datasets["tokenizer/sentencepiece"]
+    _check_attrs(ds, {"sha256"}, path)
+    if ds.dtype != np.uint8 or ds.ndim != 1:
+        raise ModelFileError(f"{path}: tokenizer/sentencepiece must be a 1-D uint8 dataset")
+    spm_model, checksum = _read_dataset(ds, "tokenizer/sentencepiece", path, verify)
+    try:
+        options = check_tokenizer_options(_json_attr(f["tokenizer"], "options", path))
+    except ModelFileError as exc:
+        raise ModelFileError(f"{path}: {exc}") from None
+    return spm_model.tobytes(), checksum, options
+
+
+def _read(f: h5py.File, path: Path, verify: bool) -> ModelFile:
+    version, config, manifest, pipeline = _read_header(f, path)
+    provenance = _json_attr(f, "provenance", path)
     datasets = _walk(f, path)
     unexpected = sorted(n for n in datasets if not n.startswith("weights/") and n != "tokenizer/sentencepiece")
     if unexpected:
@@ -287,18 +344,7 @@ def _read(f: h5py.File, path: Path, verify: bool) -> ModelFile:
         tensors[name], checksums[name] = _read_dataset(ds, name, path, verify)
     check_tensors(config, tensors, f"{path}: ", pipeline=pipeline)
 
-    spm_model, spm_checksum, options = None, None, dict(TOKENIZER_OPTIONS)
-    if "tokenizer/sentencepiece" in datasets:
-        ds = datasets["tokenizer/sentencepiece"]
-        _check_attrs(ds, {"sha256"}, path)
-        if ds.dtype != np.uint8 or ds.ndim != 1:
-            raise ModelFileError(f"{path}: tokenizer/sentencepiece must be a 1-D uint8 dataset")
-        spm_model, spm_checksum = _read_dataset(ds, "tokenizer/sentencepiece", path, verify)
-        spm_model = spm_model.tobytes()
-        try:
-            options = check_tokenizer_options(_json_attr(f["tokenizer"], "options", path))
-        except ModelFileError as exc:
-            raise ModelFileError(f"{path}: {exc}") from None
+    spm_model, spm_checksum, options = _read_tokenizer(f, datasets, path, verify)
     if manifest is not None and not verify:
         # Unverified, the data is trusted to match the manifest (whose integrity the digest
         # has confirmed); the per-dataset attributes are checked against the data only when
