@@ -2,7 +2,7 @@
 cli.py and the subcommands it assembles import it without importing each other)."""
 from __future__ import annotations
 
-from albert_ref.model import BACKENDS
+from albert_ref.ops import BACKENDS
 
 
 def add_backend_options(p):

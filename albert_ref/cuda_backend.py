@@ -30,7 +30,7 @@ import warnings
 
 import numpy as np
 
-from albert_ref.backends import embedding_indices, size_class
+from albert_ref.ops import embedding_indices, size_class
 from albert_ref.errors import AlbertRefError
 from albert_ref.forward import is_dense_kernel
 

@@ -43,7 +43,8 @@ from albert_ref import corpus, shards
 from albert_ref.atomic import atomic_output
 from albert_ref.encoder import (_check_count, max_seq_length as checked_max_seq_length, output_dim, resolve_normalize,
                                 resolve_pooling)
-from albert_ref.errors import AlbertRefError, InputError, ModelFileError
+from albert_ref.errors import AlbertRefError, InputError
+from albert_ref.ops import CONTRACT_BACKENDS
 
 try:
     from distributed import Client, KilledWorker, LocalCluster, WorkerPlugin, as_completed, get_worker
@@ -55,7 +56,6 @@ PARTITION_SIZE = 10_000
 JOB_FILE = "job.json"
 JOB_FORMAT = "albert-ref distributed embedding"
 JOB_VERSION = 1
-CLUSTER_BACKENDS = ("cpu", "reference", "cuda")   # the backends with the bit contract
 
 
 class WorkerSetupError(AlbertRefError):
@@ -184,8 +184,8 @@ def embed_corpus(inputs, output_dir, model=None, *, client=None, workers: int | 
         resolve_pooling(None, pooling)  # checked before anything is read
     if shard_format not in shards.SHARD_FORMATS:
         raise InputError(f"shard format must be one of {', '.join(shards.SHARD_FORMATS)}, not {shard_format!r}")
-    if backend not in CLUSTER_BACKENDS:
-        raise InputError(f"a distributed job runs on a backend with the bit contract ({', '.join(CLUSTER_BACKENDS)}), "
+    if backend not in CONTRACT_BACKENDS:
+        raise InputError(f"a distributed job runs on a backend with the bit contract ({', '.join(CONTRACT_BACKENDS)}), "
                          f"not {backend!r}: the others' vectors depend on how texts are batched")
     _check_count("batch_size", batch_size)
     if fields is not None:

@@ -18,7 +18,7 @@ import weakref
 import numba
 import numpy as np
 
-from albert_ref.backends import embedding_indices, size_class
+from albert_ref.ops import embedding_indices, size_class
 from albert_ref.errors import IsaError
 from albert_ref.forward import is_dense_kernel
 from albert_ref.kernels import attention as _att
@@ -132,6 +132,8 @@ class KernelOps:
 
     isa: the fast kernels' instruction-set variant (kernels/isa.py; None: $ALBERT_REF_ISA,
     else the widest the CPU runs). The reference kernels have none (`isa` is None)."""
+
+    dtype = np.dtype(np.float32)
 
     def __init__(self, fast: bool = True, threads: int | None = None, isa: str | None = None):
         self.fast = bool(fast)

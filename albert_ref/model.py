@@ -6,41 +6,10 @@ from pathlib import Path
 import numpy as np
 
 from albert_ref import forward as fwd
-from albert_ref.backends import NumpyOps
-from albert_ref.errors import InputError, IsaError, TokenizerError
+from albert_ref.errors import InputError, TokenizerError
+from albert_ref.ops import make_ops, prepare_params
 from albert_ref.weights.model_file import ModelFile, read_model
 from albert_ref.weights.names import num_parameters
-
-BACKENDS = ("cpu", "reference", "numpy", "cuda")
-
-
-def make_ops(backend: str, dtype: str | None, threads: int | None, isa: str | None = None):
-    """The ops object for a backend name. Kernel backends are float32 only; isa picks the
-    "cpu" backend's kernel variant (albert_ref.kernels.isa)."""
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise InputError(f"threads must be a positive integer, got {threads!r}")
-    if isa is not None and backend != "cpu":
-        raise IsaError(f"isa={isa!r} selects a variant of the cpu backend's kernels; backend {backend!r} has none")
-    if backend == "numpy":
-        return NumpyOps(dtype or "float64")
-    if dtype not in (None, "float32"):
-        raise ValueError(f"backend {backend!r} computes in float32 only (got dtype={dtype!r}); "
-                         f"use backend='numpy' for float64")
-    if backend == "cuda":
-        if threads is not None:  # the GPU's parallelism is not set in CPU threads: say so, do not ignore it
-            raise InputError("threads applies to the cpu and reference backends, not to 'cuda'")
-        from albert_ref.cuda_backend import CudaOps
-        return CudaOps()
-    from albert_ref.kernel_backend import KernelOps
-    try:
-        return KernelOps(fast=backend == "cpu", threads=threads, isa=isa)
-    except IsaError:
-        raise
-    except ValueError as exc:  # more threads than NUMBA_NUM_THREADS
-        raise InputError(str(exc)) from None
-
 
 def tokenizer_of(model_file: ModelFile):
     """The tokenizer a model file carries, with the preprocessing options it was stored with."""
@@ -91,9 +60,8 @@ class Model:
         self.pipeline = model_file.pipeline
         self.backend = backend
         self.ops = make_ops(backend, dtype, threads, isa)
-        self.dtype = np.dtype(getattr(self.ops, "dtype", np.float32))
-        self.params = {name: self.ops.prepare(name, array)
-                       for name, array in fwd.with_head_decoders(model_file.tensors).items()}
+        self.dtype = np.dtype(self.ops.dtype)
+        self.params = prepare_params(self.ops, model_file.tensors)
         self._tokenizer = None
 
     @property

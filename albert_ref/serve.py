@@ -30,12 +30,11 @@ from starlette.routing import Route
 
 from albert_ref.encoder import Encoder, l2_normalize, resolve_pooling
 from albert_ref.errors import InputError
+from albert_ref.ops import CONTRACT_BACKENDS
 from albert_ref.serve_batcher import BatchStats, Batcher
 from albert_ref.serve_inputs import (DEFAULTS, TRUNCATION_DIRECTIONS, RequestError, encode_whole, inputs, invalid, option,
                                      parse_body, sequences)
 
-# Backends under the bit contract: only there is a vector independent of its batch.
-SERVE_BACKENDS = ("cpu", "reference", "cuda")
 WORK_ROUTES = ("/v1/embeddings", "/embed", "/tokenize")
 ROUTES = (*WORK_ROUTES, "/health", "/info", "/metrics")
 DISCONNECTED = 499  # nginx's "client closed request": recorded in the metrics, never sent
@@ -81,12 +80,12 @@ class Service:
         from albert_ref.model import Model
         if pooling is not None:
             resolve_pooling(None, pooling)  # checked now; None: the model's pipeline, resolved on loading
-        if backend not in SERVE_BACKENDS:
-            raise InputError(f"the server runs on the bit-contract backends ({', '.join(SERVE_BACKENDS)}), "
+        if backend not in CONTRACT_BACKENDS:
+            raise InputError(f"the server runs on the bit-contract backends ({', '.join(CONTRACT_BACKENDS)}), "
                              f"where a vector cannot depend on its batch; not {backend!r}")
-        if isinstance(model, Model) and model.backend not in SERVE_BACKENDS:
+        if isinstance(model, Model) and model.backend not in CONTRACT_BACKENDS:
             raise InputError(f"the model is loaded on the {model.backend!r} backend; the server needs one of "
-                             f"{', '.join(SERVE_BACKENDS)}")
+                             f"{', '.join(CONTRACT_BACKENDS)}")
         for name, value in [("max_batch_tokens", max_batch_tokens), ("max_batch_requests", max_batch_requests),
                             ("max_concurrent_requests", max_concurrent_requests),
                             ("max_client_batch_size", max_client_batch_size), ("payload_limit", payload_limit)]:

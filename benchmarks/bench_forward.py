@@ -171,7 +171,7 @@ def worker_accuracy(args):
     import numpy as np
 
     from albert_ref import forward
-    from albert_ref.backends import NumpyOps
+    from albert_ref.numpy_backend import NumpyOps
     from albert_ref.config import AlbertConfig
     from albert_ref.kernel_backend import KernelOps
     config = AlbertConfig(**MODELS[args.model])

@@ -200,16 +200,16 @@ def _bits_report(got, want):
 
 
 def _full_params(config, seed, heads=("mlm", "sop")):
-    from albert_ref import forward
     from albert_ref.weights.random_model import random_params
-    return forward.with_head_decoders(random_params(config, seed, heads=heads))
+    return random_params(config, seed, heads=heads)
 
 
 def _forward(ops, raw, config, ids, mask, segs, heads=(), hidden_states=False):
     import numpy as np
 
     from albert_ref import forward
-    params = {k: ops.prepare(k, v) for k, v in raw.items()}
+    from albert_ref.ops import prepare_params
+    params = prepare_params(ops, raw)
     out = forward.forward(ops, params, config, ids, mask, segs, heads=heads, hidden_states=hidden_states)
     if hidden_states:
         out["hidden_states"] = np.stack([np.asarray(h) for h in out["hidden_states"]])
@@ -378,10 +378,11 @@ def profile():
 
     from albert_ref.config import AlbertConfig
     from albert_ref.cuda_backend import CudaOps
+    from albert_ref.ops import prepare_params
     config = AlbertConfig(**XLARGE)
     raw = _xlarge_params(config)
     ops = CudaOps()
-    params = {k: ops.prepare(k, v) for k, v in raw.items()}
+    params = prepare_params(ops, raw)
     ids, mask, segs = _xlarge_inputs(32, 128)
     from albert_ref import forward
     np.asarray(forward.forward(ops, params, config, ids, mask, segs)["sequence_output"])   # warm-up
@@ -475,12 +476,13 @@ def timing(batches):
     import torch
 
     from albert_ref import forward
+    from albert_ref.ops import prepare_params
     from albert_ref.config import AlbertConfig
     from albert_ref.cuda_backend import CudaOps
     config = AlbertConfig(**XLARGE)
     raw = _xlarge_params(config)
     ops = CudaOps()
-    params = {k: ops.prepare(k, v) for k, v in raw.items()}
+    params = prepare_params(ops, raw)
     plain = _torch_albert(raw, config)
     try:
         hf = _hf_albert()

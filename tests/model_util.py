@@ -87,3 +87,14 @@ def write_pipeline_model(path):
     hidden = m.config.hidden_size
     write_model(path, with_pipeline(m, Pipeline(("cls", "mean"), 24, (Dense(2 * hidden, 8, True, "tanh"),), True)))
     return path
+
+
+HEADS = ("mlm", "sop")
+
+
+def run_forward(ops, tensors, config, ids, mask, segs, heads=HEADS, hidden_states=False):
+    """forward() on `ops` over raw tensors, prepared as albert_ref.load prepares them."""
+    from albert_ref import forward
+    from albert_ref.ops import prepare_params
+    return forward.forward(ops, prepare_params(ops, tensors), config, ids, mask, segs, heads=heads,
+                           hidden_states=hidden_states)

@@ -18,15 +18,13 @@ import zlib
 import numpy as np
 import pytest
 
-from albert_ref import forward
 from albert_ref.kernel_backend import KernelOps
 from albert_ref.kernels import isa
 from albert_ref.testing import assert_equal_bits
-from model_util import TINY_VARIANTS, random_inputs, random_params, randn, tiny_config
+from model_util import HEADS, TINY_VARIANTS, random_inputs, random_params, randn, run_forward, tiny_config
 
 BACKENDS = {f"cpu-{name}": (lambda name=name: KernelOps(True, threads=2, isa=name)) for name in isa.VARIANTS}
 ACTS = (None, "gelu_tanh", "gelu_erf", "relu", "tanh")
-HEADS = ("mlm", "sop")
 
 _OPS = {}
 
@@ -163,12 +161,11 @@ def test_dense_table_straddles_every_tile_edge():
 def test_tiny_forward_equals_reference(backend, model):
     ops = backend_ops(backend)
     config = tiny_config(**TINY_VARIANTS[model])
-    raw = forward.with_head_decoders(random_params(config, 1, heads=HEADS))
+    raw = random_params(config, 1, heads=HEADS)
     ids, mask, segs = random_inputs(config, [9, 3, 1, 0, 6], seq_len=11, seed=2)
 
     def run(o):
-        params = {name: o.prepare(name, array) for name, array in raw.items()}
-        return forward.forward(o, params, config, ids, mask, segs, heads=HEADS)
+        return run_forward(o, raw, config, ids, mask, segs)
 
     got, want = run(ops), run(REFERENCE)
     assert set(got) == set(want)

@@ -8,22 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from albert_ref import forward
-from albert_ref.backends import NumpyOps
+from albert_ref.numpy_backend import NumpyOps
 from albert_ref.kernel_backend import KernelOps
-from model_util import random_inputs, random_params, tiny_config
+from model_util import HEADS, random_inputs, random_params, run_forward, tiny_config
 
-HEADS = ("mlm", "sop")
-
-
-def full_params(config, seed=0):
-    """random_params plus the derived tensors the heads read (as the loader derives them)."""
-    return forward.with_head_decoders(random_params(config, seed, heads=HEADS))
-
-
-def run(ops, raw, config, ids, mask, segs):
-    params = {name: ops.prepare(name, array) for name, array in raw.items()}
-    return forward.forward(ops, params, config, ids, mask, segs, heads=HEADS)
 
 
 def assert_outputs_equal(a, b, rows=None):
@@ -42,11 +30,11 @@ def cpu():
 
 def test_one_thread_equals_two_threads_and_rerun(cpu):
     config = tiny_config(num_hidden_groups=2, inner_group_num=2, num_hidden_layers=4)
-    raw = full_params(config, seed=3)
+    raw = random_params(config, 3, heads=HEADS)
     ids, mask, segs = random_inputs(config, [17, 30, 5], seed=4)
-    two = run(cpu, raw, config, ids, mask, segs)
-    assert_outputs_equal(run(KernelOps(True, threads=1), raw, config, ids, mask, segs), two)
-    assert_outputs_equal(run(cpu, raw, config, ids, mask, segs), two)
+    two = run_forward(cpu, raw, config, ids, mask, segs)
+    assert_outputs_equal(run_forward(KernelOps(True, threads=1), raw, config, ids, mask, segs), two)
+    assert_outputs_equal(run_forward(cpu, raw, config, ids, mask, segs), two)
 
 
 @settings(max_examples=6, deadline=None)
@@ -56,17 +44,17 @@ def test_sequence_alone_equals_in_batch_equals_padded(length, others, position, 
     config = tiny_config(max_position_embeddings=512, num_hidden_groups=2)
     raw = _cached_params(config)
     ids, mask, segs = random_inputs(config, [length], seed=seed)
-    alone = run(cpu, raw, config, ids, mask, segs)
+    alone = run_forward(cpu, raw, config, ids, mask, segs)
     # padded to 512
     pad = lambda a: np.pad(a, ((0, 0), (0, 512 - length)))
-    assert_outputs_equal(run(cpu, raw, config, pad(ids), pad(mask), pad(segs)), alone, rows=length)
+    assert_outputs_equal(run_forward(cpu, raw, config, pad(ids), pad(mask), pad(segs)), alone, rows=length)
     # inside a batch of other sequences (of other lengths), at some position
     o_ids, o_mask, o_segs = random_inputs(config, others, seq_len=max(max(others), length, 1), seed=seed + 1)
     S = o_ids.shape[1]
     at = min(position, len(others))
     batch = [np.insert(o, at, np.pad(a[0], (0, S - length)), axis=0) for o, a in
              ((o_ids, ids), (o_mask, mask), (o_segs, segs))]
-    together = run(cpu, raw, config, *batch)
+    together = run_forward(cpu, raw, config, *batch)
     one = {k: v[at:at + 1] for k, v in together.items()}
     assert_outputs_equal(one, alone, rows=length)
 
@@ -76,7 +64,7 @@ _PARAMS = {}
 
 def _cached_params(config):
     if config not in _PARAMS:
-        _PARAMS[config] = full_params(config, seed=5)
+        _PARAMS[config] = random_params(config, 5, heads=HEADS)
     return _PARAMS[config]
 
 
@@ -94,11 +82,11 @@ def test_accuracy_against_float64(cpu):
                           num_attention_heads=8, intermediate_size=2048, max_position_embeddings=64)
     squares = {"ours": 0.0, "blas": 0.0}
     for seed in (7, 8, 9):
-        raw = full_params(config, seed=seed)
+        raw = random_params(config, seed, heads=HEADS)
         ids, mask, segs = random_inputs(config, [64, 40], seed=seed + 1)
         real = mask.astype(bool)
-        want = run(NumpyOps("float64"), raw, config, ids, mask, segs)
-        got = {"ours": run(cpu, raw, config, ids, mask, segs), "blas": run(NumpyOps("float32"), raw, config, ids, mask, segs)}
+        want = run_forward(NumpyOps("float64"), raw, config, ids, mask, segs)
+        got = {"ours": run_forward(cpu, raw, config, ids, mask, segs), "blas": run_forward(NumpyOps("float32"), raw, config, ids, mask, segs)}
         for key in ("sequence_output", "mlm_logits"):
             ref = want[key][real]
             unit = 2.0 ** -24 * np.sqrt(np.mean(ref ** 2))

@@ -337,19 +337,14 @@ def test_embed(ref):
 # --- whole forward passes -----------------------------------------------------------------------------------------
 
 CONFIGS = TINY_VARIANTS
-HEADS = ("mlm", "sop")
-
-
-def _full_params(config, seed):
-    from albert_ref import forward
-    from model_util import random_params
-    return forward.with_head_decoders(random_params(config, seed, heads=HEADS))
+def _random_params(config, seed):
+    from model_util import HEADS, random_params
+    return random_params(config, seed, heads=HEADS)
 
 
 def _run(ops, raw, config, ids, mask, segs, hidden_states=False):
-    from albert_ref import forward
-    params = {name: ops.prepare(name, array) for name, array in raw.items()}
-    out = forward.forward(ops, params, config, ids, mask, segs, heads=HEADS, hidden_states=hidden_states)
+    from model_util import run_forward
+    out = run_forward(ops, raw, config, ids, mask, segs, hidden_states=hidden_states)
     if hidden_states:
         out["hidden_states"] = np.stack([host(h) for h in out["hidden_states"]])
     return {k: host(v) for k, v in out.items()}
@@ -370,7 +365,7 @@ def test_forward_equals_reference(name, ref):
     hidden state) of the cuda backend == the reference backend, bit for bit."""
     from model_util import random_inputs, tiny_config
     config = tiny_config(**CONFIGS[name])
-    raw = _full_params(config, seed=1)
+    raw = _random_params(config, 1)
     lengths = [7, 0, 3] if SIM else [9, 3, 1, 0, 6]     # a sequence with no real token, padding
     ids, mask, segs = random_inputs(config, lengths, seq_len=max(lengths) + 1, seed=2)
     ops = cuda_ops() if name == "projected" else cuda_ops(**SMALL)
@@ -384,7 +379,7 @@ def test_forward_padding_and_batch_invariance():
     (at its real positions), on the device alone, no reference involved."""
     from model_util import random_inputs, tiny_config
     config = tiny_config(max_position_embeddings=64, num_hidden_groups=2)
-    raw = _full_params(config, seed=5)
+    raw = _random_params(config, 5)
     ops = cuda_ops(**SMALL)
     ids, mask, segs = random_inputs(config, [5], seed=6)
     alone = _run(ops, raw, config, ids, mask, segs)
@@ -400,12 +395,9 @@ def test_forward_padding_and_batch_invariance():
 def test_load_backend_cuda(tmp_path):
     """albert_ref.load(path, backend="cuda") runs the model file and equals "reference"."""
     import albert_ref
-    from albert_ref import model as model_mod
     from albert_ref.weights.model_file import write_model
     from albert_ref.weights.random_model import random_model_file
     from model_util import random_inputs, tiny_config
-    if "cuda" not in model_mod.BACKENDS:
-        pytest.skip("backend 'cuda' is not wired into albert_ref.model.make_ops yet")
     config = tiny_config()
     path = tmp_path / "tiny.h5"
     write_model(path, random_model_file(config, seed=3))

@@ -293,7 +293,7 @@ def test_softmax_rows_lane_max_matches_the_scan(n, seed, special):
 
 
 def test_attention_matches_float64_softmax():
-    from albert_ref.backends import NumpyOps
+    from albert_ref.numpy_backend import NumpyOps
     q, k, v, mask = _att_case(np.random.default_rng(12), 3, 13, 2, 8)
     want = NumpyOps().attention(q.astype(np.float64), k.astype(np.float64), v.astype(np.float64), mask, 2)
     assert np.abs(_att(q, k, v, mask, 2) - want).max() < 1e-5

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import albert_ref
-from albert_ref.backends import size_class
+from albert_ref.ops import size_class
 from albert_ref.kernel_backend import Workspace
 from albert_ref.weights.model_file import write_model
 

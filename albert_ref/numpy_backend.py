@@ -1,8 +1,8 @@
-"""Backends: the ops forward.py composes, implemented over NumPy or over the kernels.
+"""The "numpy" backend: the ops of albert_ref.ops over plain NumPy.
 
-NumPy ("numpy" backend) is the mathematical reference for tolerance comparisons: float64
-by default, float32 on request, BLAS matmuls, no bit contract. The kernel backends
-("reference", "cpu") follow NUMERICS.md bit for bit.
+The mathematical reference for tolerance comparisons: float64 by default, float32 on
+request, BLAS matmuls, no bit contract (the kernel backends follow NUMERICS.md bit for
+bit; this one is what they are compared with).
 """
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import functools
 import math
 
 import numpy as np
+
+from albert_ref.ops import real_keys
 
 
 @functools.lru_cache(maxsize=None)
@@ -40,36 +42,6 @@ ACTIVATIONS = {
     "relu": lambda x: np.maximum(x, 0),
     "tanh": np.tanh,
 }
-
-
-def real_keys(input_mask):
-    """Which keys attention may look at: the real tokens, or every key of a sequence that
-    has none (TF's -10000 bias then shifts all scores alike, so it attends to all)."""
-    real = np.asarray(input_mask) != 0
-    real[~real.any(axis=1)] = True
-    return real
-
-
-def embedding_indices(input_ids, segment_ids, word, token_type, position):
-    """ids and segment ids as contiguous int64, checked against the tables they index (the
-    kernels index without bounds checks)."""
-    ids = np.ascontiguousarray(input_ids, dtype=np.int64)
-    segs = np.ascontiguousarray(segment_ids, dtype=np.int64)
-    if ids.size and (ids.min() < 0 or ids.max() >= word.shape[0]):
-        raise ValueError(f"input_ids out of range [0, {word.shape[0]})")
-    if segs.size and (segs.min() < 0 or segs.max() >= token_type.shape[0]):
-        raise ValueError(f"segment_ids out of range [0, {token_type.shape[0]})")
-    if ids.shape[1] > position.shape[0]:
-        raise ValueError(f"sequence length {ids.shape[1]} exceeds max_position_embeddings {position.shape[0]}")
-    return ids, segs
-
-
-def size_class(nbytes: int) -> int:
-    """A buffer pool's allocation size for a request: rounded up to one of 8 sizes per
-    power of two (at most 12.5% slack; a buffer serves every request of its class)."""
-    nbytes = max(256, int(nbytes))
-    step = 1 << max(8, nbytes.bit_length() - 4)
-    return -(-nbytes // step) * step
 
 
 class NumpyOps:
