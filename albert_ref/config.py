@@ -14,7 +14,10 @@ from typing import Any
 
 from .errors import ConfigError
 
-ACTIVATIONS = ("gelu_tanh", "gelu_erf", "relu", "tanh", "linear")
+# Every activation a model may use, by its canonical name: the one registry. The kernels
+# know them by their position here (kernels/gemm.py ACT_CODES); every backend implements
+# each (tests/test_conformance.py runs them all).
+ACTIVATIONS = ("linear", "gelu_tanh", "gelu_erf", "relu", "tanh")
 
 _ORIGINAL_ACTIVATIONS = {"gelu": "gelu_tanh", "relu": "relu", "tanh": "tanh", "linear": "linear"}
 _HF_ACTIVATIONS = {
@@ -195,8 +198,9 @@ def _as_dict(data: Any) -> dict[str, Any]:
 
 _REQUIRED = ("vocab_size", "embedding_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
              "intermediate_size")
-_DEFAULTS = {"num_hidden_groups": 1, "inner_group_num": 1, "max_position_embeddings": 512, "type_vocab_size": 2,
-             "initializer_range": 0.02}
+# The optional fields both flavours spell alike, defaulting as AlbertConfig does.
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(AlbertConfig) if f.name in (
+    "num_hidden_groups", "inner_group_num", "max_position_embeddings", "type_vocab_size", "initializer_range")}
 
 
 def _shared_fields(data: dict[str, Any]) -> dict[str, Any]:

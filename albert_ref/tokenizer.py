@@ -21,6 +21,9 @@ import sentencepiece as spm
 from .errors import InputError, TokenizerError
 
 FLAVOURS = ("original", "huggingface")
+# The tokenizer options and their defaults (google-research/albert's preprocessing, uncased):
+# the one definition that model files, converters and Tokenizer() use.
+DEFAULT_OPTIONS = {"flavour": "original", "do_lower_case": True, "keep_accents": False, "remove_space": True}
 CLS, SEP = "[CLS]", "[SEP]"
 _UNDERLINE = "\u2581"  # sentencepiece's word-start marker
 
@@ -57,8 +60,9 @@ class Batch:
 class Tokenizer:
     """ALBERT tokenizer over a serialized sentencepiece model."""
 
-    def __init__(self, spm_model, *, do_lower_case=True, flavour="original",
-                 keep_accents=False, remove_space=True):
+    def __init__(self, spm_model, *, do_lower_case=DEFAULT_OPTIONS["do_lower_case"],
+                 flavour=DEFAULT_OPTIONS["flavour"], keep_accents=DEFAULT_OPTIONS["keep_accents"],
+                 remove_space=DEFAULT_OPTIONS["remove_space"]):
         if flavour not in FLAVOURS:
             raise InputError(f"flavour must be one of {FLAVOURS}, not {flavour!r}")
         if keep_accents and flavour == "original":

@@ -18,13 +18,14 @@ import zlib
 import numpy as np
 import pytest
 
+from albert_ref.config import ACTIVATIONS
 from albert_ref.kernel_backend import KernelOps
 from albert_ref.kernels import isa
 from albert_ref.testing import assert_equal_bits
 from model_util import HEADS, TINY_VARIANTS, random_inputs, random_params, randn, run_forward, tiny_config
 
 BACKENDS = {f"cpu-{name}": (lambda name=name: KernelOps(True, threads=2, isa=name)) for name in isa.VARIANTS}
-ACTS = (None, "gelu_tanh", "gelu_erf", "relu", "tanh")
+ACTS = (None, *ACTIVATIONS)  # every activation in the registry, and none
 
 _OPS = {}
 
@@ -171,3 +172,14 @@ def test_tiny_forward_equals_reference(backend, model):
     assert set(got) == set(want)
     for key in want:
         assert_contract_bits(got[key], want[key])
+
+
+def test_every_backend_implements_exactly_the_registered_activations():
+    """config.ACTIVATIONS is the one list of activation names: each backend's table of them
+    (NumPy functions, kernel codes, CUDA device functions) covers exactly it."""
+    from albert_ref import numpy_backend
+    from albert_ref.kernels import cuda_gemm, gemm
+    assert set(numpy_backend.ACTIVATIONS) == {None, *ACTIVATIONS}
+    assert set(gemm.ACT_CODES) == {None, *ACTIVATIONS} and sorted(set(gemm.ACT_CODES.values())) == \
+        list(range(len(ACTIVATIONS)))
+    assert set(cuda_gemm._ACT_NAMES.values()) == set(ACTIVATIONS)

@@ -186,7 +186,9 @@ def test_simulator_fma_is_correctly_rounded():
 # --- dense ---------------------------------------------------------------------------------------------
 
 DENSE_SHAPES = [(1, 1, 1), (7, 13, 129), (13, 7, 256), (1, 9, 300), (5, 3, 7), (129, 2, 13)]
-ACTS = [None, "gelu_tanh", "gelu_erf", "relu", "tanh"]
+from albert_ref.config import ACTIVATIONS  # noqa: E402
+
+ACTS = [None, *ACTIVATIONS]  # every activation in the registry, and none
 
 
 @needs_device

@@ -13,6 +13,7 @@ import numpy as np
 
 from albert_ref.config import AlbertConfig
 from albert_ref.errors import ConversionError, ModelFileError, TokenizerError
+from albert_ref.tokenizer import DEFAULT_OPTIONS
 from albert_ref.weights.model_file import ModelFile, file_sha256, read_model, write_model
 
 # Training state a pretraining checkpoint may carry next to the weights.
@@ -135,7 +136,7 @@ def _from_tf(src: Path, kind: str, config_path, spm_path, do_lower_case, archive
         sources = {archive.name: file_sha256(archive), **sources}
     provenance = {"source_format": kind, "sources": sources, "converter": converter_version()}
     spm = spm_file.read_bytes() if spm_file else None
-    options = {"flavour": "original", "do_lower_case": bool(do_lower_case), "keep_accents": False, "remove_space": True}
+    options = {**DEFAULT_OPTIONS, "do_lower_case": bool(do_lower_case)}
     return ModelFile(config, tensors, spm, options, provenance)
 
 

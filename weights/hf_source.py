@@ -19,6 +19,7 @@ from safetensors import SafetensorError, safe_open
 
 from albert_ref.config import AlbertConfig
 from albert_ref.errors import ConfigError, ConversionError
+from albert_ref.tokenizer import DEFAULT_OPTIONS
 
 from .model_file import file_sha256, sha256
 from .names import EMB, MAPPING, MLM, POOLER, SOP, block_prefix, encoder_shapes, head_shapes
@@ -29,7 +30,7 @@ __all__ = ["HFModel", "read_huggingface", "WEIGHT_FILES"]
 # In order of preference.
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
-TOKENIZER_DEFAULTS = {"do_lower_case": True, "keep_accents": False, "remove_space": True}
+TOKENIZER_DEFAULTS = {k: v for k, v in DEFAULT_OPTIONS.items() if k != "flavour"}  # read from tokenizer_config.json
 
 # Buffers, not weights: index ranges Hugging Face rebuilds itself.
 _BUFFERS = {"embeddings.position_ids", "embeddings.token_type_ids"}

@@ -17,6 +17,7 @@ from albert_ref.atomic import atomic_path
 from albert_ref.config import AlbertConfig
 from albert_ref.errors import ConfigError, ModelFileError
 from albert_ref.pipeline import Pipeline
+from albert_ref.tokenizer import DEFAULT_OPTIONS, FLAVOURS
 from albert_ref.weights.names import encoder_shapes, head_shapes
 
 FORMAT_NAME = "albert-ref"
@@ -30,7 +31,7 @@ GUARANTEES = {
        "name, shape, dtype and SHA-256 and the sentence-embedding pipeline (if any) is stored with its digest and "
        "checked on reading",
 }
-TOKENIZER_OPTIONS = {"flavour": "original", "do_lower_case": True, "keep_accents": False, "remove_space": True}
+TOKENIZER_OPTIONS = DEFAULT_OPTIONS  # the stored options: each of these, defaulting as the Tokenizer does
 # The attributes each object may carry; anything else in a file is refused.
 _ROOT_ATTRS = {1: {"format", "format_version", "config", "provenance"},
                2: {"format", "format_version", "config", "provenance", "manifest", "digest", "pipeline"}}
@@ -107,7 +108,6 @@ def canonical_json(doc) -> str:
 
 def check_tokenizer_options(options) -> dict:
     """The four tokenizer options, each of a known value (an unknown flavour is refused)."""
-    from albert_ref.tokenizer import FLAVOURS
     if not isinstance(options, dict) or set(options) != set(TOKENIZER_OPTIONS):
         unknown = sorted(set(options) - set(TOKENIZER_OPTIONS)) if isinstance(options, dict) else []
         raise ModelFileError(f"tokenizer options must be an object with exactly {', '.join(sorted(TOKENIZER_OPTIONS))}"
