@@ -42,13 +42,16 @@ def hf_model(name, seed=0):
     return model
 
 
-def hf_outputs(model, ids, mask, segs, dtype):
+def hf_outputs(model, ids, mask, segs, dtype=torch.float64, use_mask=True):
+    """HF's outputs in `dtype`, under albert-ref's names (hidden_states[0] is the projected
+    embeddings in both); the model is left in float32."""
     m = model.to(dtype)
     with torch.no_grad():
-        r = m(torch.from_numpy(ids).long(), attention_mask=torch.from_numpy(mask).long(),
-              token_type_ids=torch.from_numpy(segs).long())
+        r = m(torch.from_numpy(ids).long(), attention_mask=torch.from_numpy(mask).long() if use_mask else None,
+              token_type_ids=torch.from_numpy(segs).long(), output_hidden_states=True)
     model.float()
-    return r.last_hidden_state.numpy().astype(np.float64), r.pooler_output.numpy().astype(np.float64)
+    return {"sequence_output": r.last_hidden_state.numpy(), "pooled_output": r.pooler_output.numpy(),
+            "hidden_states": np.stack([h.numpy() for h in r.hidden_states])}
 
 
 def batch(vocab, lengths, seq_len, seed=1):
@@ -88,7 +91,8 @@ def converted(request, tmp_path_factory):
 
 def test_float64_matches_huggingface(converted):
     name, model, files, (ids, mask, segs) = converted
-    seq_hf, pooled_hf = hf_outputs(model, ids, mask, segs, torch.float64)
+    hf = hf_outputs(model, ids, mask, segs, torch.float64)
+    seq_hf, pooled_hf = hf["sequence_output"], hf["pooled_output"]
     for fmt, path in files.items():
         out = load(path, backend="numpy", dtype="float64")(ids, mask, segs)
         assert max_err(out["sequence_output"], seq_hf, mask) < 1e-9, fmt
@@ -96,8 +100,9 @@ def test_float64_matches_huggingface(converted):
 
 
 def real_values(out, mask):
-    """sequence_output at the real positions and pooled_output, as one flat array."""
-    return np.concatenate([out[0][mask.astype(bool)].ravel(), out[1].ravel()])
+    """sequence_output at the real positions and pooled_output, as one flat float64 array."""
+    return np.concatenate([out["sequence_output"][mask.astype(bool)].ravel(),
+                           out["pooled_output"].ravel()]).astype(np.float64)
 
 
 U32 = 2.0 ** -24  # float32 unit roundoff
@@ -115,10 +120,10 @@ ERROR_BUDGET = 32
 def test_float32_error_within_budget(converted, backend):
     name, model, files, (ids, mask, segs) = converted
     path = files["safetensors"]
-    ref = real_values(_outputs(load(path, backend="numpy", dtype="float64"), ids, mask, segs), mask)
+    ref = real_values(load(path, backend="numpy", dtype="float64")(ids, mask, segs), mask)
     out = load(path, backend=backend, dtype="float32")(ids, mask, segs)
     assert out["sequence_output"].dtype == np.float32
-    got = real_values((out["sequence_output"], out["pooled_output"]), mask)
+    got = real_values(out, mask)
     rms_err, rms_ref = np.sqrt(np.mean((got - ref) ** 2)), np.sqrt(np.mean(ref ** 2))
     assert rms_err <= ERROR_BUDGET * U32 * rms_ref, (rms_err / (U32 * rms_ref), "units of roundoff")
 
@@ -129,11 +134,5 @@ def test_float32_agrees_with_huggingface_float32(converted):
     over the cases above, outputs up to 4.9); the bound is 128u."""
     name, model, files, (ids, mask, segs) = converted
     hf = real_values(hf_outputs(model, ids, mask, segs, torch.float32), mask)
-    out = load(files["safetensors"], backend="cpu")(ids, mask, segs)
-    ours = real_values((out["sequence_output"], out["pooled_output"]), mask)
+    ours = real_values(load(files["safetensors"], backend="cpu")(ids, mask, segs), mask)
     assert np.abs(ours - hf).max() <= 128 * U32 * np.abs(hf).max()
-
-
-def _outputs(model, ids, mask, segs):
-    out = model(ids, mask, segs)
-    return out["sequence_output"], out["pooled_output"]

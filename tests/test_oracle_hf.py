@@ -3,7 +3,6 @@ outside project would check its own implementation: convert the model, run both 
 padded ids, hand both outputs to assert_close. The correct model passes in float64 and
 shows float32-level differences in float32; deliberately broken variants fail, and the
 report points at the step that is wrong. Run with -s to see the reports."""
-import numpy as np
 import pytest
 
 from peers import require_peers
@@ -13,7 +12,7 @@ from albert_ref.weights.convert import convert
 require_peers()
 import torch  # noqa: E402
 import transformers  # noqa: E402
-from test_hf_parity import CONFIGS, batch, hf_model  # noqa: E402  (the parity test's random HF model)
+from test_hf_parity import CONFIGS, batch, hf_model, hf_outputs  # noqa: E402  (the parity test's random HF model)
 
 
 @pytest.fixture(scope="module")
@@ -25,16 +24,6 @@ def case(tmp_path_factory):
     # a full-length row, then two padded ones
     inputs = batch(CONFIGS["tiny"]["vocab_size"], [CONFIGS["tiny"]["max_position_embeddings"], 9, 30], 48)
     return model, Oracle(tmp / "tiny.h5"), inputs
-
-
-def hf_outputs(model, ids, mask, segs, dtype=torch.float64, use_mask=True):
-    """HF's outputs under albert-ref's names (hidden_states[0] is the projected embeddings in both)."""
-    model = model.to(dtype)
-    with torch.no_grad():
-        r = model(torch.from_numpy(ids).long(), attention_mask=torch.from_numpy(mask).long() if use_mask else None,
-                  token_type_ids=torch.from_numpy(segs).long(), output_hidden_states=True)
-    return {"sequence_output": r.last_hidden_state.numpy(), "pooled_output": r.pooler_output.numpy(),
-            "hidden_states": np.stack([h.numpy() for h in r.hidden_states])}
 
 
 def variant(model, **changes):
