@@ -34,7 +34,7 @@ from model_util import random_model_file, tiny_config
 FIXTURES = Path(__file__).parent / "fixtures" / "tf"
 # The default profile's 100 examples per target would take CI too long; the fuzz profile
 # sets its own, larger count.
-EXAMPLES = 12 if settings.default.max_examples <= 100 else settings.default.max_examples
+EXAMPLES = 40 if settings.default.max_examples <= 100 else settings.default.max_examples
 fuzz = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 
 
