@@ -5,12 +5,12 @@ ends in "the same result as the original" or one of the project's named errors
 (AlbertRefError; `albert-ref: error: ...` with exit status 2 from the CLI), never a
 traceback, a hang or a changed output.
 
-CI runs a few examples per target (about a minute in all). The longer profile runs many
-more of each:
+The test run does 40 examples per target (about 15 s on two shared Zen 4 cores). The
+long profile does 1,000 of each (about 6 minutes there):
 
     pytest tests/test_fuzz.py --hypothesis-profile=fuzz
 
-(registered in tests/conftest.py; HYPOTHESIS_FUZZ_EXAMPLES overrides its count).
+(registered in tests/conftest.py; HYPOTHESIS_FUZZ_EXAMPLES=N sets another count).
 """
 import contextlib
 import io
