@@ -26,7 +26,8 @@ Texts come from TEXT arguments, from --input FILE, or, with neither, from the li
 stdin. Without --output the vectors are printed as a JSON array of arrays, one vector per
 line. With --output the job is resumable: finished chunks are kept in OUTPUT.partial/
 and OUTPUT appears, whole, only at the end; if a run is interrupted (Ctrl-C, a kill),
-running the same command again resumes it.
+running the same command again resumes it, using a saved chunk only if it matches the
+digest recorded for it (any other is recomputed, and you are told).
 """
 
 EPILOG = """\

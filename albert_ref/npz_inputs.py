@@ -31,15 +31,37 @@ def read_npz(path) -> dict[str, np.ndarray]:
         if not zipfile.is_zipfile(path):
             raise InputError(f"{path}: not an .npz archive (no zip directory: truncated, or another kind of file)")
         with zipfile.ZipFile(path) as archive:
-            return {info.filename.removesuffix(".npy"): _member(archive, info, path) for info in archive.infolist()}
+            members = archive.infolist()
+            declared = _declared_members(path)
+            if declared is not None and declared != len(members):
+                # zipfile walks the central directory by its byte size, not by this count:
+                # a damaged entry can hide the ones after it (an input_mask gone unnoticed)
+                raise InputError(f"{path}: damaged .npz archive: its directory declares {declared} member(s), "
+                                 f"{len(members)} could be read")
+            return {info.filename.removesuffix(".npy"): _member(archive, info, path) for info in members}
     except InputError:
         raise
     except IsADirectoryError:
         raise InputError(f"{path}: is a directory, not an .npz archive") from None
     except OSError as exc:
         raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, NotImplementedError) as exc:
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, NotImplementedError, RuntimeError) as exc:
+        # RuntimeError: a flag bit says the member is encrypted
         raise InputError(f"{path}: damaged .npz archive: {exc}") from None
+
+
+def _declared_members(path: Path) -> int | None:
+    """The member count in the zip's end-of-central-directory record (None for ZIP64,
+    whose count zipfile reads from its own record)."""
+    with open(path, "rb") as fh:
+        fh.seek(0, 2)
+        fh.seek(max(0, fh.tell() - (1 << 16) - 22))  # the record, after a comment of up to 64 KiB
+        tail = fh.read()
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or at + 22 > len(tail):
+        return None
+    count = int.from_bytes(tail[at + 10:at + 12], "little")
+    return None if count == 0xFFFF else count
 
 
 def _member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> np.ndarray:

@@ -9,6 +9,7 @@ import sys
 import tarfile
 import time
 import zipfile
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -220,3 +221,23 @@ def test_sigint_stops_a_job_started_with_sigint_ignored(tmp_path):
         proc.kill()
     assert proc.returncode == 130 and "run the same command again to resume" in err, err
     assert not out.exists()
+
+
+# -- golden files -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda doc: doc["outputs"].__setitem__("pooled_output", 3), "are not objects with a shape and a sha256"),
+    (lambda doc: doc["inputs"].__setitem__("input_ids", [["a"]]), "inputs are not int32 arrays"),
+    (lambda doc: doc["inputs"].__setitem__("input_mask", [[2**40]]), "inputs are not int32 arrays"),
+    (lambda doc: doc["inputs"].__setitem__("input_ids", [[1, 2], [3]]), "inputs are not int32 arrays"),
+])
+def test_malformed_golden_files(tmp_path, capsys, edit, match):
+    doc = json.loads((Path(__file__).parent / "goldens" / "demo.json").read_text())
+    edit(doc)
+    (tmp_path / "g.json").write_text(json.dumps(doc))
+    assert match in fails(capsys, "golden", "--check", tmp_path / "g.json", "--backend", "reference")
+
+
+def test_golden_nested_too_deep(tmp_path, capsys):
+    (tmp_path / "g.json").write_text("[" * 100_000 + "]" * 100_000)
+    assert "cannot read golden file" in fails(capsys, "golden", "--check", tmp_path / "g.json")

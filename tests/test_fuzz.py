@@ -5,12 +5,12 @@ ends in "the same result as the original" or one of the project's named errors
 (AlbertRefError; `albert-ref: error: ...` with exit status 2 from the CLI), never a
 traceback, a hang or a changed output.
 
-CI runs a few examples per target (about a minute in all). The longer profile runs many
-more of each:
+The test run does 40 examples per target (about 15 s on two shared Zen 4 cores). The
+long profile does 1,000 of each (about 6 minutes there):
 
     pytest tests/test_fuzz.py --hypothesis-profile=fuzz
 
-(registered in tests/conftest.py; HYPOTHESIS_FUZZ_EXAMPLES overrides its count).
+(registered in tests/conftest.py; HYPOTHESIS_FUZZ_EXAMPLES=N sets another count).
 """
 import contextlib
 import io
@@ -34,7 +34,7 @@ from model_util import random_model_file, tiny_config
 FIXTURES = Path(__file__).parent / "fixtures" / "tf"
 # The default profile's 100 examples per target would take CI too long; the fuzz profile
 # sets its own, larger count.
-EXAMPLES = 12 if settings.default.max_examples <= 100 else settings.default.max_examples
+EXAMPLES = 40 if settings.default.max_examples <= 100 else settings.default.max_examples
 fuzz = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 
 
@@ -244,11 +244,8 @@ def test_tf_hub_archive_bytes(tmp_path, hub_archive, data):
     bad = folder / "module.tar.gz"
     bad.write_bytes(damage(archive.read_bytes()))
     code, _ = cli("convert", bad, folder / "m.h5")
-    if code == 0:
-        # gzip's CRC-32 and the bundle's CRC32C cover the weights; the config and the
-        # tokenizer are not checksummed by the format, but a damaged one is refused
-        converted = read_model(folder / "m.h5")
-        assert converted.tensors.keys() == original.tensors.keys()
+    if code == 0:  # gzip's CRC-32 covers the whole archive, the bundle's CRC32C every tensor
+        same_model(read_model(folder / "m.h5"), original)
     else:
         assert sorted(p.name for p in folder.iterdir()) == ["module.tar.gz"]
 

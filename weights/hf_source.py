@@ -99,7 +99,7 @@ def _read_file(path: Path, sources: dict[str, str]) -> bytes:
 def _read_json(path: Path, sources: dict[str, str]):
     try:
         return json.loads(_read_file(path, sources))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, too deep, a 5,000-digit int
         raise ConversionError(f"{path} is not valid JSON: {exc}") from None
 
 

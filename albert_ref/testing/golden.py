@@ -96,7 +96,7 @@ def read_golden(golden) -> dict:
     if not isinstance(golden, dict):
         try:
             golden = json.loads(Path(golden).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad UTF-8 or JSON
             raise GoldenError(f"cannot read golden file {golden}: {exc}") from None
     if not isinstance(golden, dict) or golden.get("format") != FORMAT:
         raise GoldenError(f"not an {FORMAT} document")
@@ -108,6 +108,9 @@ def read_golden(golden) -> dict:
     missing = [k for k in ("model", "inputs", "outputs") if not isinstance(golden.get(k), dict)]
     if missing or "input_ids" not in golden["inputs"]:
         raise GoldenError(f"golden document lacks {', '.join(missing) or 'inputs.input_ids'}")
+    malformed = [name for name, entry in golden["outputs"].items() if not isinstance(entry, dict)]
+    if malformed:
+        raise GoldenError(f"golden outputs {', '.join(malformed)} are not objects with a shape and a sha256")
     return golden
 
 
@@ -147,8 +150,11 @@ def check_golden(golden, model=None, *, outputs=None, backend: str = "cpu") -> G
     your own implementation of the contract), check those: only the ones given.
     """
     golden = read_golden(golden)
-    inputs = [None if golden["inputs"].get(n) is None else np.asarray(golden["inputs"][n], dtype=np.int32)
-              for n in INPUT_NAMES]
+    try:
+        inputs = [None if golden["inputs"].get(n) is None else np.asarray(golden["inputs"][n], dtype=np.int32)
+                  for n in INPUT_NAMES]
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise GoldenError(f"the golden's inputs are not int32 arrays: {exc}") from None
     if outputs is None:
         oracle = model if isinstance(model, Oracle) else Oracle(DEMO_MODEL if model is None else model, backend)
         if oracle.digest != golden["model"].get("digest"):
