@@ -43,16 +43,6 @@ def bits(a):
     return np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
 
 
-def assert_bits_equal(got, want, what=""):
-    got, want = np.asarray(got), np.asarray(want)
-    assert got.shape == want.shape, (what, got.shape, want.shape)
-    diff = bits(got) != bits(want)
-    if diff.any():
-        at = tuple(np.argwhere(diff)[0])
-        raise AssertionError(f"{what}: {diff.sum()} of {diff.size} differ; first at {at}: "
-                             f"{got[at]!r} vs reference {want[at]!r}")
-
-
 def randn(rng, *shape, scale=1.0):
     return (scale * rng.standard_normal(shape)).astype(np.float32)
 

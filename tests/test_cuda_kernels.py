@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from model_util import TINY_VARIANTS, assert_bits_equal, bits, randn
+from albert_ref.testing import assert_equal_bits
+from model_util import TINY_VARIANTS, bits, randn
 
 if importlib.util.find_spec("numba_cuda") is None:
     pytest.skip("numba-cuda is not installed (pip install 'albert-ref[cuda]')", allow_module_level=True)
@@ -145,7 +146,7 @@ def test_fmath_on_device_equals_cpu():
         cpu_map(x, want)
         out = cuda.device_array(x.shape, np.float32)
         cuda.jit(kernel)[(x.size + 127) // 128, 128](cuda.to_device(x), out)
-        assert_bits_equal(out.copy_to_host(), want, name)
+        assert_equal_bits(out.copy_to_host(), want, name=name)
 
 
 @pytest.mark.skipif(not SIM, reason="the exact FMA of the simulator")
@@ -180,7 +181,7 @@ def test_simulator_fma_is_correctly_rounded():
     got = np.array([cuda_fmath.fma32(x, y, z) for x, y, z in zip(a, b, c)], dtype=np.float32)
     nan = np.isnan(want)
     assert np.array_equal(np.isnan(got), nan)
-    assert_bits_equal(got[~nan], want[~nan], "fma")
+    assert_equal_bits(got[~nan], want[~nan], name="fma")
 
 
 # --- dense ---------------------------------------------------------------------------------------------
@@ -200,7 +201,7 @@ def test_dense(M, N, K, ref):
     b = randn(rng, N, scale=0.5)
     ops = cuda_ops(**SMALL)
     for act in ACTS:
-        assert_bits_equal(host(ops.dense(x, w, b, act)), ref.dense(x, w, b, act), f"dense {act}")
+        assert_equal_bits(host(ops.dense(x, w, b, act)), ref.dense(x, w, b, act), name=f"dense {act}")
 
 
 @needs_device
@@ -214,8 +215,7 @@ def test_dense_tilings(tile, ref):
     x = randn(rng, M, K)
     w = randn(rng, K, N, scale=1.5 / np.sqrt(K))
     b = randn(rng, N)
-    assert_bits_equal(host(cuda_ops(dense_tile=tile).dense(x, w, b, "gelu_tanh")), ref.dense(x, w, b, "gelu_tanh"),
-                      f"tile {tile}")
+    assert_equal_bits(host(cuda_ops(dense_tile=tile).dense(x, w, b, "gelu_tanh")), ref.dense(x, w, b, "gelu_tanh"), name=f"tile {tile}")
 
 
 @needs_device
@@ -228,7 +228,7 @@ def test_dense_signed_zero_survives_padded_tail(ref):
     b = np.array([-0.0, 0.0, -0.0], dtype=np.float32)
     want = ref.dense(x, w, b, None)
     assert bits(want)[0, 0] == bits(np.float32(-0.0))
-    assert_bits_equal(host(cuda_ops(**SMALL).dense(x, w, b, None)), want, "signed zero")
+    assert_equal_bits(host(cuda_ops(**SMALL).dense(x, w, b, None)), want, name="signed zero")
 
 
 @needs_device
@@ -239,7 +239,7 @@ def test_dense_strided_input(ref):
     w = randn(rng, 16, 8)
     b = randn(rng, 8)
     got = cuda_ops(**SMALL).dense(cuda.to_device(seq)[:, 0], w, b, "tanh")
-    assert_bits_equal(host(got), ref.dense(np.ascontiguousarray(seq[:, 0]), w, b, "tanh"), "pooler")
+    assert_equal_bits(host(got), ref.dense(np.ascontiguousarray(seq[:, 0]), w, b, "tanh"), name="pooler")
 
 
 # --- layer norm ------------------------------------------------------------------------------------------
@@ -254,9 +254,8 @@ def test_layer_norm(M, n, ref):
     beta = randn(rng, n)
     for rows in (2, 8):
         ops = cuda_ops(**{**SMALL, "layer_norm_rows": rows})
-        assert_bits_equal(host(ops.layer_norm(x, r, g, beta, 1e-12)), ref.layer_norm(x, r, g, beta, 1e-12), "res")
-        assert_bits_equal(host(ops.layer_norm(x, None, g, beta, 1e-12)), ref.layer_norm(x, None, g, beta, 1e-12),
-                          "plain")
+        assert_equal_bits(host(ops.layer_norm(x, r, g, beta, 1e-12)), ref.layer_norm(x, r, g, beta, 1e-12), name="res")
+        assert_equal_bits(host(ops.layer_norm(x, None, g, beta, 1e-12)), ref.layer_norm(x, None, g, beta, 1e-12), name="plain")
 
 
 @needs_device
@@ -265,8 +264,8 @@ def test_layer_norm_3d_and_constant_rows(ref):
     x[1] = 7.0
     g = np.ones(20, np.float32)
     beta = np.linspace(-1, 1, 20).astype(np.float32)
-    assert_bits_equal(host(cuda_ops(**SMALL).layer_norm(x, None, g, beta, 1e-12)),
-                      ref.layer_norm(x, None, g, beta, 1e-12), "constant rows")
+    assert_equal_bits(host(cuda_ops(**SMALL).layer_norm(x, None, g, beta, 1e-12)),
+                      ref.layer_norm(x, None, g, beta, 1e-12), name="constant rows")
 
 
 # --- attention ---------------------------------------------------------------------------------------------
@@ -300,8 +299,7 @@ def test_attention(B, S, H, heads, lengths, ref):
     mask = _mask(B, S, lengths, rng)
     for rows in ((4,) if S == 7 else (1,)) if SIM else (1, 4):
         ops = cuda_ops(**{**SMALL, "attention_rows": rows})
-        assert_bits_equal(host(ops.attention(q, k, v, mask, heads)), ref.attention(q, k, v, mask, heads),
-                          f"rows {rows}")
+        assert_equal_bits(host(ops.attention(q, k, v, mask, heads)), ref.attention(q, k, v, mask, heads), name=f"rows {rows}")
 
 
 @needs_device
@@ -320,7 +318,7 @@ def test_attention_nan_and_inf_as_reference(ref):
     want = ref.attention(q, k, v, mask, heads)
     nan = np.isnan(want)
     assert np.array_equal(np.isnan(got), nan)
-    assert_bits_equal(got[~nan], want[~nan], "specials")
+    assert_equal_bits(got[~nan], want[~nan], name="specials")
 
 
 # --- embeddings ------------------------------------------------------------------------------------------------
@@ -331,7 +329,7 @@ def test_embed(ref):
     word, tt, pos = randn(rng, 50, 7), randn(rng, 2, 7), randn(rng, 20, 7)
     ids = rng.integers(0, 50, (3, 13))
     segs = rng.integers(0, 2, (3, 13))
-    assert_bits_equal(host(cuda_ops(**SMALL).embed(ids, segs, word, tt, pos)), ref.embed(ids, segs, word, tt, pos))
+    assert_equal_bits(host(cuda_ops(**SMALL).embed(ids, segs, word, tt, pos)), ref.embed(ids, segs, word, tt, pos))
     with pytest.raises(ValueError, match="input_ids out of range"):
         cuda_ops(**SMALL).embed(ids + 50, segs, word, tt, pos)
 
@@ -357,7 +355,7 @@ def _assert_outputs_equal(got, want, rows=None):
         a, b = got[key], want[key]
         if rows is not None and key in ("sequence_output", "mlm_logits"):
             a, b = a[:, :rows], b[:, :rows]
-        assert_bits_equal(a, b, key)
+        assert_equal_bits(a, b, name=key)
 
 
 @needs_device
@@ -408,7 +406,7 @@ def test_load_backend_cuda(tmp_path):
     want = albert_ref.load(path, backend="reference")(ids, mask, segs, hidden_states=True)
     for key in want:
         assert isinstance(got[key], np.ndarray)
-        assert_bits_equal(got[key], want[key], key)
+        assert_equal_bits(got[key], want[key], name=key)
 
 
 # --- GPU only: larger shapes against the (bit-identical) fast CPU kernels ----------------------------------------
@@ -423,7 +421,7 @@ def test_gpu_dense_large(M, N, K, cpu):
     from albert_ref.kernel_backend import PackedKernel
     ops = cuda_ops()
     for act in (None, "gelu_tanh"):
-        assert_bits_equal(host(ops.dense(x, w, b, act)), cpu.dense(x, PackedKernel(w), b, act), f"dense {act}")
+        assert_equal_bits(host(ops.dense(x, w, b, act)), cpu.dense(x, PackedKernel(w), b, act), name=f"dense {act}")
 
 
 @pytest.mark.skipif(not GPU, reason="needs a CUDA GPU")
@@ -433,7 +431,7 @@ def test_gpu_attention_and_layer_norm_large(cpu):
     q, k, v = (randn(rng, B, S, H) for _ in range(3))
     mask = _mask(B, S, [512, 300, 1, 129], rng)
     ops = cuda_ops()
-    assert_bits_equal(host(ops.attention(q, k, v, mask, heads)), cpu.attention(q, k, v, mask, heads), "attention")
+    assert_equal_bits(host(ops.attention(q, k, v, mask, heads)), cpu.attention(q, k, v, mask, heads), name="attention")
     x, r = randn(rng, 3000, 2048), randn(rng, 3000, 2048)
     g, beta = randn(rng, 2048), randn(rng, 2048)
-    assert_bits_equal(host(ops.layer_norm(x, r, g, beta, 1e-12)), cpu.layer_norm(x, r, g, beta, 1e-12), "layer_norm")
+    assert_equal_bits(host(ops.layer_norm(x, r, g, beta, 1e-12)), cpu.layer_norm(x, r, g, beta, 1e-12), name="layer_norm")

@@ -29,7 +29,8 @@ from albert_ref.errors import InputError
 from albert_ref.weights import DEMO_MODEL
 from albert_ref.weights.model_file import read_model, write_model
 from albert_ref.weights.random_model import random_model_file
-from model_util import assert_bits_equal, write_pipeline_model
+from albert_ref.testing import assert_equal_bits
+from model_util import write_pipeline_model
 
 WORDS = "the of and to in is was for on that with city music world river house café naïve 1,999".split()
 OPTIONS = dict(pooling="mean", max_seq_length=48, batch_size=4)
@@ -85,7 +86,7 @@ def assert_complete(out, expected):
     """Every row once, in input order, with its single-process vector, id and key."""
     emb = open_embeddings(out)
     want = [expected["a"], expected["b"]]
-    assert_bits_equal(emb.vectors, np.concatenate([w["vectors"] for w in want]), "vectors")
+    assert_equal_bits(emb.vectors, np.concatenate([w["vectors"] for w in want]), name="vectors")
     np.testing.assert_array_equal(emb.ids, np.concatenate([w["ids"] for w in want]))
     assert emb.keys == [k for w in want for k in w["keys"]]
     assert [os.path.basename(s) for s in emb.sources] == ["a.jsonl"] * 70 + ["b.parquet"] * 30
@@ -115,7 +116,7 @@ def test_a_pipeline_model_s_own_pooling_dense_and_normalization_apply(client, co
                            partition_size=32)
     assert summary.ok and summary.dim == 8
     with h5py.File(single) as f:
-        assert_bits_equal(open_embeddings(tmp_path / "out").vectors, f["vectors"][:], "vectors")
+        assert_equal_bits(open_embeddings(tmp_path / "out").vectors, f["vectors"][:], name="vectors")
 
 
 def test_one_worker_running_two_tasks_at_once_gets_the_same_bits(corpus_dir, tmp_path):
@@ -268,7 +269,7 @@ def test_the_command_starts_a_local_cluster_and_prints_its_dashboard(corpus_dir,
     assert "dashboard http://" in captured.err
     assert f"{out}: 30 vectors of 128 float32 in 1 of 1 partitions" in captured.out
     emb = open_embeddings(out)
-    assert_bits_equal(emb.vectors, expected["b"]["vectors"], "vectors")
+    assert_equal_bits(emb.vectors, expected["b"]["vectors"], name="vectors")
     assert emb.keys == expected["b"]["keys"]
 
 

@@ -19,7 +19,8 @@ from albert_ref.kernels import embed as emb
 from albert_ref.kernels import fmath
 from albert_ref.kernels import gemm, isa
 from albert_ref.kernels import reduce as red
-from model_util import assert_bits_equal, bits, randn
+from albert_ref.testing import assert_equal_bits
+from model_util import bits, randn
 
 FAST = settings(max_examples=12, deadline=None)
 
@@ -178,7 +179,7 @@ def test_gemm_bits_independent_of_tiling(variant, mc, nc, kchunk):
     want = kernels.dense(x, bp, b, 1, 2, np.empty((77, 130), np.float32))
     got = np.empty((77, 130), np.float32)
     kernels.gemm_packed(x, bp, b, 1, got, mc, nc, kchunk)
-    assert_bits_equal(got, want)
+    assert_equal_bits(got, want)
 
 
 def test_dense_rows_independent_of_batch_and_threads():
@@ -187,11 +188,11 @@ def test_dense_rows_independent_of_batch_and_threads():
     one, two = KernelOps(True, threads=1), KernelOps(True, threads=2)
     kern = one.prepare("k/kernel", w)
     full = two.dense(x, kern, b, "gelu_tanh")
-    assert_bits_equal(one.dense(x, kern, b, "gelu_tanh"), full)
-    assert_bits_equal(two.dense(x[13:14], kern, b, "gelu_tanh"), full[13:14])
-    assert_bits_equal(two.dense(x[::3], kern, b, "gelu_tanh"), full[::3])  # non-contiguous rows
+    assert_equal_bits(one.dense(x, kern, b, "gelu_tanh"), full)
+    assert_equal_bits(two.dense(x[13:14], kern, b, "gelu_tanh"), full[13:14])
+    assert_equal_bits(two.dense(x[::3], kern, b, "gelu_tanh"), full[::3])  # non-contiguous rows
     seq = x.reshape(5, 9, 513)
-    assert_bits_equal(two.dense(seq[:, 0], kern, b, "tanh"), two.dense(x[::9], kern, b, "tanh"))
+    assert_equal_bits(two.dense(seq[:, 0], kern, b, "tanh"), two.dense(x[::9], kern, b, "tanh"))
 
 
 def test_prepare_packs_dense_kernels_only():
@@ -216,7 +217,7 @@ def test_embed_ref_matches_contract_definition():
     segs = rng.integers(0, 2, (2, 13)).astype(np.int64)
     want = np.empty((2, 13, 7), np.float32)
     emb.embed_ref(ids, segs, word, tt, pos, want)
-    assert_bits_equal(want, (word[ids] + tt[segs]) + pos[:13])
+    assert_equal_bits(want, (word[ids] + tt[segs]) + pos[:13])
 
 
 # --- attention -------------------------------------------------------------------------------------
@@ -247,13 +248,13 @@ def test_attention_masked_keys_are_exact_zeros():
     masked[0] = False                                       # row 0 has no real key: all are used
     k2[masked] = 1e4
     v2[masked] = np.float32(3e38)
-    assert_bits_equal(_att(q, k2, v2, mask, 2), base)
+    assert_equal_bits(_att(q, k2, v2, mask, 2), base)
     # a sequence alone, or padded to a longer length, gives the same bits
     alone = _att(q[2:3], k[2:3], v[2:3], mask[2:3], 2)
-    assert_bits_equal(alone, base[2:3])
+    assert_equal_bits(alone, base[2:3])
     pad = lambda t: np.concatenate([t[2:3], randn(rng, 1, 29, t.shape[2])], axis=1)
     padded = _att(pad(q), pad(k), pad(v), np.pad(mask[2:3], ((0, 0), (0, 29))), 2)
-    assert_bits_equal(padded[:, :20], base[2:3])
+    assert_equal_bits(padded[:, :20], base[2:3])
 
 
 @njit
@@ -289,7 +290,7 @@ def test_softmax_rows_lane_max_matches_the_scan(n, seed, special):
     want = np.stack([_softmax_scan(r) for r in rows]).reshape(-1)
     nan = np.isnan(want)
     assert (np.isnan(got) == nan).all()
-    assert_bits_equal(got[~nan], want[~nan])
+    assert_equal_bits(got[~nan], want[~nan])
 
 
 def test_attention_matches_float64_softmax():

@@ -11,7 +11,7 @@ from hypothesis.extra import numpy as hnp
 from albert_ref import pooling
 from albert_ref.pipeline import POOLING_MODES
 from albert_ref.encoder import l2_normalize
-from model_util import assert_bits_equal
+from albert_ref.testing import assert_equal_bits
 
 f32 = np.float32
 FLOATS = st.floats(-1e4, 1e4, width=32, allow_subnormal=True)
@@ -66,9 +66,9 @@ def test_each_mode_is_section_9_bit_for_bit(batch, mode):
     x, lengths = batch
     got = pooling.pool([mode], x, lengths)
     for b, n in enumerate(lengths):
-        assert_bits_equal(got[b], by_hand(mode, x[b, :n]), f"{mode} row {b}")
+        assert_equal_bits(got[b], by_hand(mode, x[b, :n]), name=f"{mode} row {b}")
         alone = pooling.pool([mode], x[b:b + 1, :n], [n])[0]  # no padding, no batch
-        assert_bits_equal(got[b], alone, f"{mode} row {b} alone")
+        assert_equal_bits(got[b], alone, name=f"{mode} row {b} alone")
 
 
 def test_modes_concatenate_in_the_order_given():
@@ -76,7 +76,7 @@ def test_modes_concatenate_in_the_order_given():
     x = rng.standard_normal((2, 7, 3)).astype(f32)
     got = pooling.pool(["max", "cls", "mean"], x, [7, 4])
     want = np.concatenate([pooling.max_tokens(x, [7, 4]), x[:, 0], pooling.mean_tokens(x, [7, 4])], axis=1)
-    assert_bits_equal(got, want)
+    assert_equal_bits(got, want)
 
 
 def test_max_nan_and_signed_zero():
@@ -106,10 +106,10 @@ def test_lengths_out_of_range(lengths):
 def test_l2_normalize_is_exact_per_row(v):
     got = l2_normalize(v)
     for i, row in enumerate(v):
-        assert_bits_equal(got[i], l2_normalize(row[None])[0], f"row {i} alone")
+        assert_equal_bits(got[i], l2_normalize(row[None])[0], name=f"row {i} alone")
         exact = sum(Fraction(float(a)) ** 2 for a in row)  # the sum of squares, exactly
         norm = np.sqrt(np.float64(float(exact)))  # correctly rounded to float64, as math.fsum
         if norm == 0:
             assert not got[i].any()
         else:
-            assert_bits_equal(got[i], (row.astype(np.float64) / norm).astype(f32), f"row {i}")
+            assert_equal_bits(got[i], (row.astype(np.float64) / norm).astype(f32), name=f"row {i}")

@@ -27,7 +27,8 @@ import albert_ref  # noqa: E402
 from albert_ref.encoder import plan_batches  # noqa: E402
 from albert_ref.kernels import CONTRACT_VERSION  # noqa: E402
 from albert_ref.weights import DEMO_MODEL  # noqa: E402
-from model_util import assert_bits_equal, write_pipeline_model  # noqa: E402
+from albert_ref.testing import assert_equal_bits  # noqa: E402
+from model_util import write_pipeline_model  # noqa: E402
 
 MAX_LEN = 128  # the servers' --max-seq-length: long texts are cheap to make, passes stay small
 STARTUP_S = 300  # bounds for waiting loops: a loaded 2-core CI machine can be slow to start
@@ -155,7 +156,7 @@ def test_openai_route_float_and_base64_equal_embed(main, reference, encoder):
         assert [d["index"] for d in body["data"]] == list(range(len(texts)))
         for t, d in zip(texts, body["data"]):
             assert d["object"] == "embedding"
-            assert_bits_equal(decode(d["embedding"]), mean[t], f"{fmt} {t!r}")
+            assert_equal_bits(decode(d["embedding"]), mean[t], name=f"{fmt} {t!r}")
         tokens = sum(encoder.tokenizer.encode_batch(texts).lengths)
         assert body["usage"] == {"prompt_tokens": tokens, "total_tokens": tokens}
 
@@ -167,16 +168,16 @@ def test_openai_client(main, reference, encoder):
     for fmt in (openai.omit, "float"):  # the client asks for base64 unless told otherwise
         result = client.embeddings.create(model="albert_demo", input=texts, encoding_format=fmt)
         for t, d in zip(texts, result.data):
-            assert_bits_equal(np.array(d.embedding, np.float32), mean[t], t)
+            assert_equal_bits(np.array(d.embedding, np.float32), mean[t], name=t)
     one = client.embeddings.create(model="albert_demo", input=POOL[4])
-    assert_bits_equal(np.array(one.data[0].embedding, np.float32), mean[POOL[4]], "one string")
+    assert_equal_bits(np.array(one.data[0].embedding, np.float32), mean[POOL[4]], name="one string")
     # token ids (word pieces, the server adds [CLS]/[SEP]) give the text's vector
     ids = [encoder.tokenizer.encode(t).input_ids[1:-1] for t in texts[:2]]
     by_ids = client.embeddings.create(model="albert_demo", input=ids)
     for t, d in zip(texts, by_ids.data):
-        assert_bits_equal(np.array(d.embedding, np.float32), mean[t], f"ids of {t!r}")
+        assert_equal_bits(np.array(d.embedding, np.float32), mean[t], name=f"ids of {t!r}")
     single_ids = client.embeddings.create(model="albert_demo", input=ids[0])
-    assert_bits_equal(np.array(single_ids.data[0].embedding, np.float32), mean[texts[0]], "one list of ids")
+    assert_equal_bits(np.array(single_ids.data[0].embedding, np.float32), mean[texts[0]], name="one list of ids")
     assert client.embeddings.create(model="m", input=texts[0], dimensions=128).data
     with pytest.raises(openai.UnprocessableEntityError, match="dimensions 64"):
         client.embeddings.create(model="albert_demo", input=texts[0], dimensions=64)
@@ -189,13 +190,13 @@ def test_tei_embed_normalize_and_truncate(main, encoder):
     response = post(main, "/embed", {"inputs": texts, "normalize": True})
     assert response.status_code == 200, response.text
     want = encoder.encode(texts, pooling="mean", normalize=True, max_seq_length=MAX_LEN)
-    assert_bits_equal(np.array(response.json(), np.float32), want, "normalized")
+    assert_equal_bits(np.array(response.json(), np.float32), want, name="normalized")
     # right truncation is embed's: the vector of the text cut to MAX_LEN tokens
     response = post(main, "/embed", {"inputs": TOO_LONG, "truncate": True})
     assert response.status_code == 200, response.text
     with pytest.warns(albert_ref.encoder.TruncationWarning):
         want = encoder.encode([TOO_LONG], pooling="mean", max_seq_length=MAX_LEN)
-    assert_bits_equal(np.array(response.json(), np.float32), want, "truncated right")
+    assert_equal_bits(np.array(response.json(), np.float32), want, name="truncated right")
     # left truncation keeps the last pieces
     pieces = encoder.tokenizer.encode(TOO_LONG, max_seq_length=10**6).input_ids[1:-1]
     left = post(main, "/embed", {"inputs": TOO_LONG, "truncate": True, "truncation_direction": "Left"})
@@ -232,7 +233,7 @@ def test_concurrent_mixed_requests_get_their_solo_vectors(main, reference):
         assert response.status_code == 200, response.text
         for t, d in zip(texts, response.json()["data"]):
             got = from_base64(d["embedding"]) if fmt == "base64" else np.array(d["embedding"], np.float32)
-            assert_bits_equal(got, mean[t], f"request {i}, {t[:30]!r}")
+            assert_equal_bits(got, mean[t], name=f"request {i}, {t[:30]!r}")
         return len(texts)
 
     with ThreadPoolExecutor(16) as pool:
@@ -324,7 +325,7 @@ def test_overload_429_and_disconnect_frees_the_slot(servers, reference):
     texts = [POOL[i % len(POOL)] for i in range(32)]
     response = post(held.url, "/embed", {"inputs": texts})
     assert response.status_code == 200, response.text
-    assert_bits_equal(np.array(response.json(), np.float32), np.stack([pooled[t] for t in texts]), "after")
+    assert_equal_bits(np.array(response.json(), np.float32), np.stack([pooled[t] for t in texts]), name="after")
     assert metrics(held.url)[("albert_ref_requests_total", (("route", "/v1/embeddings"), ("status", "429")))] == 1
 
 
@@ -339,7 +340,7 @@ def test_sigterm_finishes_requests_in_flight(servers, reference):
     held.proc.send_signal(signal.SIGTERM)
     thread.join(120)
     assert answer["r"].status_code == 200
-    assert_bits_equal(np.array(answer["r"].json()[0], np.float32), pooled[POOL[9]], "answered while stopping")
+    assert_equal_bits(np.array(answer["r"].json()[0], np.float32), pooled[POOL[9]], name="answered while stopping")
     assert held.proc.wait(timeout=120) == 0
     assert get(f"{held.url}/health") is None
 
@@ -388,7 +389,7 @@ def test_a_pipeline_model_serves_its_own_vectors(tmp_path):
         response = post(url, "/v1/embeddings", {"model": "pipeline", "input": texts})
         assert response.status_code == 200, response.text
         got = np.array([d["embedding"] for d in response.json()["data"]], np.float32)
-        assert_bits_equal(got, encoder.encode(texts, max_seq_length=MAX_LEN))
+        assert_equal_bits(got, encoder.encode(texts, max_seq_length=MAX_LEN))
     finally:
         server.stop()
 
