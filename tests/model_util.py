@@ -27,15 +27,10 @@ def tiny_config(**overrides) -> AlbertConfig:
 
 def random_inputs(config: AlbertConfig, lengths, seq_len=None, seed=0):
     """A padded batch: sequence b has lengths[b] real tokens, both segment ids used."""
-    rng = np.random.default_rng(seed)
-    seq_len = seq_len or max(lengths)
-    ids = rng.integers(0, config.vocab_size, (len(lengths), seq_len), dtype=np.int32)
-    mask = (np.arange(seq_len)[None, :] < np.asarray(lengths)[:, None]).astype(np.int32)
-    segs = np.zeros_like(ids)
-    for b, n in enumerate(lengths):
-        segs[b, n // 2:n] = 1 if config.type_vocab_size > 1 else 0
-    ids = np.where(mask == 1, ids, 0).astype(np.int32)
-    return ids, mask, segs
+    from albert_ref.testing.inputs import padded_batch
+    ids = np.random.default_rng(seed).integers(0, config.vocab_size, (len(lengths), seq_len or max(lengths)),
+                                               dtype=np.int32)
+    return padded_batch(ids, lengths, type_vocab_size=config.type_vocab_size)
 
 
 def bits(a):

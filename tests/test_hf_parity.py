@@ -5,6 +5,7 @@ import pytest
 
 from peers import require_peers
 from albert_ref.model import load
+from albert_ref.testing.inputs import padded_batch
 from albert_ref.weights.convert import convert
 
 require_peers()
@@ -55,11 +56,8 @@ def hf_outputs(model, ids, mask, segs, dtype=torch.float64, use_mask=True):
 
 
 def batch(vocab, lengths, seq_len, seed=1):
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(5, vocab, (len(lengths), seq_len)).astype(np.int32)
-    mask = (np.arange(seq_len) < np.array(lengths)[:, None]).astype(np.int32)
-    segs = ((np.arange(seq_len) >= np.array(lengths)[:, None] // 2) & (mask == 1)).astype(np.int32)
-    return ids * mask, mask, segs
+    ids = np.random.default_rng(seed).integers(5, vocab, (len(lengths), seq_len))
+    return padded_batch(ids, lengths)
 
 
 def max_err(a, b, mask):

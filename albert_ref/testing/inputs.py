@@ -22,13 +22,23 @@ def load_inputs(path) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]
     return tuple(arrays.get(name) for name in INPUT_NAMES)
 
 
+def padded_batch(ids, lengths, splits=None, type_vocab_size: int = 2, zero_padding: bool = True):
+    """(input_ids, input_mask, segment_ids) int32 for the rows of `ids` [batch, seq], row b
+    holding lengths[b] real tokens then padding: segment 1 from splits[b] (default
+    lengths[b] // 2) to the row's last real token, segment 0 elsewhere (everywhere when
+    type_vocab_size is 1); ids at padded positions zeroed unless zero_padding is False."""
+    ids = np.asarray(ids)
+    lengths = np.asarray(lengths)
+    positions = np.arange(ids.shape[1])
+    mask = (positions < lengths[:, None]).astype(np.int32)
+    splits = lengths // 2 if splits is None else np.asarray(splits)
+    segs = ((positions >= splits[:, None]) & (mask == 1) & (type_vocab_size > 1)).astype(np.int32)
+    return (ids * mask if zero_padding else ids).astype(np.int32), mask, segs
+
+
 def example_inputs(config: AlbertConfig, seed: int = 0, seq_len: int = 16):
     """Two sequences from a seeded generator, the second padded to half length, both
     segment ids used: enough to exercise masking without being large."""
     seq_len = min(seq_len, config.max_position_embeddings)
-    lengths = np.array([seq_len, max(1, seq_len // 2)])
-    positions = np.arange(seq_len)
-    mask = (positions < lengths[:, None]).astype(np.int32)
-    ids = np.random.default_rng(seed).integers(0, config.vocab_size, mask.shape).astype(np.int32) * mask
-    segs = ((positions >= lengths[:, None] // 2) & (mask == 1) & (config.type_vocab_size > 1)).astype(np.int32)
-    return ids, mask, segs
+    ids = np.random.default_rng(seed).integers(0, config.vocab_size, (2, seq_len))
+    return padded_batch(ids, [seq_len, max(1, seq_len // 2)], type_vocab_size=config.type_vocab_size)

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from albert_ref.config import ACTIVATIONS, AlbertConfig
+from albert_ref.testing.inputs import padded_batch
 from albert_ref.weights.model_file import ModelFile
 from albert_ref.weights.random_model import random_model_file
 
@@ -58,12 +59,10 @@ def input_batches(draw, config: AlbertConfig, max_batch: int = 4, max_seq_len: i
     batch = draw(st.integers(min_batch, max(min_batch, max_batch)))
     ids = draw(arrays(np.int32, (batch, seq), elements=st.integers(0, config.vocab_size - 1)))
     mode = draw(st.sampled_from(padding))
-    positions = np.arange(seq)
     if mode == "end":
         lengths = np.array(draw(st.lists(st.integers(0 if empty_rows else 1, seq), min_size=batch, max_size=batch)))
-        mask = (positions < lengths[:, None]).astype(np.int32)
-        splits = np.array([draw(st.integers(0, n)) for n in lengths])
-        segs = ((positions >= splits[:, None]) & (mask == 1) & (config.type_vocab_size > 1)).astype(np.int32)
+        splits = [draw(st.integers(0, n)) for n in lengths]
+        ids, mask, segs = padded_batch(ids, lengths, splits, config.type_vocab_size, zero_padding=False)
     else:
         mask = draw(arrays(np.int32, (batch, seq), elements=st.integers(0, 1)))
         if not empty_rows:
