@@ -8,8 +8,14 @@ model (TF-Hub albert_xlarge/2 module card: hidden 2048, 32 heads, 24 layers, int
   run the way sentence-transformers' encode() runs it: texts sorted by character length,
   each batch padded to its own longest, results put back in input order.
 
-All three tokenize with the same albert-ref tokenizer (timed) and mean-pool over the real
-tokens. Each engine runs in its own process (one engine's thread pool must not slow the
+- st: sentence-transformers itself (`SentenceTransformer.encode`: Transformer with the
+  same weights and Hugging Face's AlbertTokenizer over the same sentencepiece model, mean
+  Pooling), the same batch size and max_seq_length; on `--shape small`, the shape of
+  sentence-transformers/paraphrase-albert-small-v2 (hidden 768, 6 layers, 12 heads,
+  intermediate 3072, embedding 128, vocab 30000), with its --max-seq-length 100.
+
+The first three tokenize with the same albert-ref tokenizer (timed) and all mean-pool over
+the real tokens. Each engine runs in its own process (one engine's thread pool must not slow the
 next), after a warm-up batch. The texts: sentences of 5 to 120 words (log-normal around
 18 words; the drawn 1,000 have median 17) drawn with a fixed seed from the words of
 weights/demo/corpus.txt, by frequency; --n takes the first n of the same 1,000. The
@@ -20,6 +26,7 @@ fixed runs of --batch-size sorted texts, and the Encoder's least-padding batches
 
     python benchmarks/bench_embed.py                      # the recorded run: 1,000 texts, xlarge
     python benchmarks/bench_embed.py --n 8 --shape demo   # a quick check
+    python benchmarks/bench_embed.py --shape small --max-seq-length 100 --engines albert-ref st
 """
 from __future__ import annotations
 
@@ -51,6 +58,8 @@ POOL = 1000
 SHAPES = {
     "xlarge": dict(embedding_size=128, hidden_size=2048, num_hidden_layers=24, num_attention_heads=32,
                    intermediate_size=8192),
+    "small": dict(embedding_size=128, hidden_size=768, num_hidden_layers=6, num_attention_heads=12,
+                  intermediate_size=3072),  # sentence-transformers/paraphrase-albert-small-v2
     "demo": dict(embedding_size=32, hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
                  intermediate_size=512),
 }
@@ -106,13 +115,11 @@ def albert_ref_naive(mf, texts, args):
     return run
 
 
-def hf_sentence_transformers(mf, texts, args):
-    """transformers.AlbertModel with the same weights (TF kernels transposed to Linear),
-    driven like sentence-transformers' encode(): sort by -len(text), pad per batch."""
+def hf_albert(mf):
+    """transformers.AlbertModel with the model file's weights (TF kernels transposed to Linear)."""
     import torch
     import transformers
     from albert_ref.weights.hf_source import name_table
-    torch.set_num_threads(args.threads)
     c = mf.config
     hf = transformers.AlbertModel(transformers.AlbertConfig(
         vocab_size=c.vocab_size, embedding_size=c.embedding_size, hidden_size=c.hidden_size,
@@ -124,6 +131,15 @@ def hf_sentence_transformers(mf, texts, args):
              for hf_name, (tf, transpose) in name_table(c).items() if tf in mf.tensors}
     missing, unexpected = hf.load_state_dict(state, strict=False)
     assert not unexpected and all(k.endswith(("position_ids", "token_type_ids")) for k in missing), missing
+    return hf
+
+
+def hf_sentence_transformers(mf, texts, args):
+    """hf_albert driven like sentence-transformers' encode(): sort by -len(text), pad per batch."""
+    import torch
+    torch.set_num_threads(args.threads)
+    c = mf.config
+    hf = hf_albert(mf)
     tokenizer = Tokenizer(mf.spm_model, **mf.tokenizer_options)
 
     def run(batch_texts):
@@ -141,6 +157,25 @@ def hf_sentence_transformers(mf, texts, args):
     return run
 
 
+def sentence_transformers_encode(mf, texts, args):
+    """SentenceTransformer.encode over hf_albert's weights saved with Hugging Face's slow
+    AlbertTokenizer, mean pooling."""
+    import torch
+    import transformers
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory(prefix="bench-st-") as tmp:  # everything is loaded from it at once
+        folder = Path(tmp)
+        (folder / "spiece.model").write_bytes(mf.spm_model)
+        hf_albert(mf).save_pretrained(folder)
+        transformers.AlbertTokenizer(str(folder / "spiece.model")).save_pretrained(folder)
+        st = SentenceTransformer(modules=[
+            Transformer(str(folder), max_seq_length=args.max_seq_length, processor_kwargs={"use_fast": False}),
+            Pooling(mf.config.hidden_size, pooling_mode="mean")], device="cpu").eval()
+    return lambda batch: st.encode(batch, batch_size=args.batch_size, convert_to_numpy=True)
+
+
 def hf_label():
     import torch
     import transformers
@@ -151,6 +186,7 @@ ENGINES = {
     "albert-ref": ("albert-ref Encoder (length-sorted, least-padding batches)", albert_ref_sorted),
     "naive": ("albert-ref naive (input order, padded to the longest)", albert_ref_naive),
     "hf-st": (None, hf_sentence_transformers),
+    "st": ("sentence-transformers encode()", sentence_transformers_encode),
 }
 
 
@@ -176,7 +212,7 @@ def main():
     parser.add_argument("--threads", type=int, default=None, help="default: every core numba sees")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-seq-length", type=int, default=512)
-    parser.add_argument("--engines", nargs="+", choices=ENGINES, default=list(ENGINES))
+    parser.add_argument("--engines", nargs="+", choices=ENGINES, default=["albert-ref", "naive", "hf-st"])
     parser.add_argument("--engine", choices=ENGINES, help=argparse.SUPPRESS)  # child process
     parser.add_argument("--save", help=argparse.SUPPRESS)
     args = parser.parse_args()

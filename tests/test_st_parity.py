@@ -124,7 +124,7 @@ def test_float64_path_matches_sentence_transformers_in_float64(case):
     np.testing.assert_allclose(got, want, rtol=2 ** -23, atol=2 ** -23 * np.abs(want).max(), err_msg=name)
 
 
-def test_file_records_pipeline_and_tokenizer(case):
+def test_file_records_pipeline_and_tokenizer(case, capsys):
     name, st, directory, h5, _ = case
     ids = st.tokenize(TEXTS)["input_ids"].numpy()
     batch = albert_ref.Encoder(h5).tokenizer.encode_batch(TEXTS, max_seq_length=MAX_SEQ_LENGTH)
@@ -137,6 +137,9 @@ def test_file_records_pipeline_and_tokenizer(case):
     assert m.tokenizer_options == {"flavour": "huggingface", "do_lower_case": True, "keep_accents": False,
                                    "remove_space": True}
     assert m.provenance["source_format"] == "sentence_transformers" and "modules.json" in m.provenance["sources"]
+    assert main(["info", str(h5)]) == 0
+    shown = capsys.readouterr().out
+    assert f"pipeline: {p.describe()}" in shown and "huggingface preprocessing, lower-case True, keep accents False" in shown
 
 
 def test_overrides_and_bits(case, tmp_path):

@@ -118,7 +118,10 @@ def _modules(directory: Path, sources: dict) -> list[tuple[str, Path]]:
     if not isinstance(entries, list) or not entries:
         raise ConversionError(f"{where} must be a non-empty JSON list of modules")
     out = []
-    for n, entry in enumerate(sorted(entries, key=lambda e: e.get("idx", 0) if isinstance(e, dict) else 0)):
+    def idx(entry):  # the listed order where idx is missing or malformed
+        return entry["idx"] if isinstance(entry, dict) and isinstance(entry.get("idx"), int) else 0
+
+    for n, entry in enumerate(sorted(entries, key=idx)):
         if not isinstance(entry, dict) or not isinstance(entry.get("path"), str) or \
                 not isinstance(entry.get("type"), str):
             raise ConversionError(f"{where}: module {n} needs a string 'path' and 'type'")
