@@ -11,6 +11,15 @@ if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":  # the CUDA kernels' simulator
     cuda_fmath.lock_simulated_shared_arrays()
 
 # `pytest tests/test_fuzz.py --hypothesis-profile=fuzz`: the long fuzzing run (tests/test_fuzz.py).
+import pytest  # noqa: E402
 from hypothesis import settings  # noqa: E402
 
 settings.register_profile("fuzz", max_examples=int(os.environ.get("HYPOTHESIS_FUZZ_EXAMPLES", 1000)), deadline=None)
+
+
+@pytest.fixture(scope="session")
+def encoder():
+    """An Encoder over the bundled demo model (shared: loading it once is enough)."""
+    import albert_ref
+    from albert_ref.weights import DEMO_MODEL
+    return albert_ref.Encoder(DEMO_MODEL)

@@ -1,6 +1,8 @@
 """Small models and padded input batches for tests."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from albert_ref.config import AlbertConfig
@@ -83,3 +85,10 @@ def run_forward(ops, tensors, config, ids, mask, segs, heads=HEADS, hidden_state
     from albert_ref.ops import prepare_params
     return forward.forward(ops, prepare_params(ops, tensors), config, ids, mask, segs, heads=heads,
                            hidden_states=hidden_states)
+
+
+def flip_byte(path, offset: int, mask: int) -> None:
+    """XOR one byte of a file with `mask` (corruption tests)."""
+    data = bytearray(Path(path).read_bytes())
+    data[offset] ^= mask
+    Path(path).write_bytes(bytes(data))

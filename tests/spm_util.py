@@ -26,6 +26,16 @@ _CJK = "北京 東京 中文 日本語 漢字 大学 東京都 한국어 서울 
 _EMOJI = "🙂 🎉 👍".split()
 
 
+def varint(n: int) -> bytes:
+    """A protobuf base-128 varint (negative numbers as their 64-bit two's complement)."""
+    n &= (1 << 64) - 1
+    out = bytearray()
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    return bytes(out + bytes([n]))
+
+
 def _number(rng):
     """A number as English text writes it: '7', '1999', '12,500', '3,000,000'."""
     n = rng.choice([rng.randrange(10), rng.randrange(1900, 2030), rng.randrange(10**3, 10**9)])
@@ -92,13 +102,6 @@ def handmade_spm(pieces, specials=SPECIALS):
     prefix and whitespace handling. Written as raw protobuf, since the protobuf
     package is not a dependency.
     """
-    def varint(n):
-        out = bytearray()
-        while True:
-            out.append(n & 0x7F | (0x80 if n > 0x7F else 0))
-            n >>= 7
-            if not n:
-                return bytes(out)
 
     def message(number, payload):  # length-delimited field
         return varint(number << 3 | 2) + varint(len(payload)) + payload

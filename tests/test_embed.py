@@ -17,11 +17,6 @@ TEXTS = ["hello world", "The quick brown fox jumps over the lazy dog, twice.", "
          "Short.", "Another sentence of middling length for the batch.", "Zoë's café, naïve résumé!"]
 
 
-@pytest.fixture(scope="module")
-def encoder():
-    return albert_ref.Encoder(DEMO_MODEL)
-
-
 def alone(encoder, text_a, text_b=None):
     """The model's outputs for one text run by itself, unpadded, and its real length."""
     enc = encoder.tokenizer.encode(text_a, text_b, max_seq_length=512)

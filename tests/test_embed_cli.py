@@ -20,11 +20,6 @@ from albert_ref.weights import DEMO_MODEL
 TEXTS = ["hello world", "The quick brown fox jumps over the lazy dog.", "Zoë's café!", "a b c", "Short one."]
 
 
-@pytest.fixture(scope="module")
-def encoder():
-    return albert_ref.Encoder(DEMO_MODEL)
-
-
 def embed(capsys, *args):
     """Run `albert-ref embed` in process: (exit code, stdout, stderr)."""
     code = main(["embed", *map(str, args)])

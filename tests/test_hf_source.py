@@ -30,6 +30,7 @@ torch, transformers = require_peers()
 from albert_ref.errors import ConversionError  # noqa: E402
 from albert_ref.weights.hf_source import read_huggingface  # noqa: E402
 from albert_ref.weights.torch_pickle import load_torch_state_dict  # noqa: E402
+from model_util import flip_byte  # noqa: E402
 
 TINY = dict(vocab_size=40, embedding_size=8, hidden_size=12, num_hidden_layers=2, num_attention_heads=2,
             intermediate_size=16, max_position_embeddings=16)
@@ -124,12 +125,6 @@ def assert_same_state(path: Path, state: dict):
         assert ours[name].dtype == want.dtype and ours[name].shape == want.shape, name
         assert ours[name].flags.c_contiguous, name
         assert ours[name].tobytes() == np.ascontiguousarray(want).tobytes(), name
-
-
-def flip_byte(path: Path, offset: int, mask: int = 0x10):
-    data = bytearray(path.read_bytes())
-    data[offset] ^= mask
-    path.write_bytes(bytes(data))
 
 
 def truncate(path: Path, size: int):
@@ -389,9 +384,9 @@ def test_damaged_zip_bin(tmp_path, pretraining_bin):
     cases["truncated"] = copy_dir(pretraining_bin, tmp_path / "truncated") / "pytorch_model.bin"
     truncate(cases["truncated"], src.stat().st_size // 2)
     cases["data flipped"] = copy_dir(pretraining_bin, tmp_path / "data") / "pytorch_model.bin"
-    flip_byte(cases["data flipped"], zip_record_offset(src, "/data/0") + 5)
+    flip_byte(cases["data flipped"], zip_record_offset(src, "/data/0") + 5, 0x10)
     cases["pickle flipped"] = copy_dir(pretraining_bin, tmp_path / "pickle") / "pytorch_model.bin"
-    flip_byte(cases["pickle flipped"], zip_record_offset(src, "/data.pkl") + 40)
+    flip_byte(cases["pickle flipped"], zip_record_offset(src, "/data.pkl") + 40, 0x10)
     for path in cases.values():
         with pytest.raises(ConversionError, match=rf"{re.escape(str(path))}: corrupt or truncated zip"):
             load_torch_state_dict(path)
@@ -469,9 +464,9 @@ def test_damaged_legacy_bin(legacy_bin, damage, message):
     elif damage == "truncate-pickle":
         truncate(legacy_bin, 200)
     elif damage == "flip-magic":
-        flip_byte(legacy_bin, 5)
+        flip_byte(legacy_bin, 5, 0x10)
     else:
-        flip_byte(legacy_bin, start + 1)
+        flip_byte(legacy_bin, start + 1, 0x10)
     # Flips inside the raw tensor data cannot be detected: the legacy format has no checksum.
     with pytest.raises(ConversionError, match=message) as raised:
         load_torch_state_dict(legacy_bin)

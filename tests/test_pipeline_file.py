@@ -4,7 +4,6 @@ import dataclasses
 import json
 
 import h5py
-import numpy as np
 import pytest
 
 from albert_ref.errors import ModelFileError

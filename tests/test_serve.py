@@ -121,11 +121,6 @@ def main(servers):
 
 
 @pytest.fixture(scope="module")
-def encoder():
-    return albert_ref.Encoder(DEMO_MODEL)
-
-
-@pytest.fixture(scope="module")
 def reference(encoder):
     """Each pool text's vector, embedded alone: (mean pooling, pooled pooling)."""
     assert max(encoder.tokenizer.encode_batch(POOL).lengths) <= MAX_LEN

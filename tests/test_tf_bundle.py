@@ -18,6 +18,8 @@ from albert_ref.config import AlbertConfig
 from albert_ref.errors import ConversionError
 from albert_ref.weights import names
 from albert_ref.weights.tf_bundle import _read_index, read_bundle
+from model_util import flip_byte
+from spm_util import varint
 
 FIXTURES = Path(__file__).parent / "fixtures" / "tf"
 CASES = ["tiny", "groups", "no_projection", "sharded", "hub_module"]
@@ -53,12 +55,6 @@ def entry_of(prefix: Path, name: str):
     """Where the index says `name` lies, to aim a corruption at one tensor."""
     _, entries = _read_index(index_of(prefix))
     return next(e for e in entries if e.name == name)
-
-
-def flip(path: Path, offset: int, mask: int = 0x01) -> None:
-    data = bytearray(path.read_bytes())
-    data[offset] ^= mask
-    path.write_bytes(bytes(data))
 
 
 # -- TF-written fixtures ---------------------------------------------------------------
@@ -115,13 +111,13 @@ def test_truncated_index(tiny, keep):
 
 
 def test_bad_magic(tiny):
-    flip(index_of(tiny), index_of(tiny).stat().st_size - 1)
+    flip_byte(index_of(tiny), index_of(tiny).stat().st_size - 1, 0x01)
     with pytest.raises(ConversionError, match="bad magic number"):
         read_bundle(tiny)
 
 
 def test_bit_flip_in_index_data_block(tiny):
-    flip(index_of(tiny), 12)  # the first data block starts at byte 0
+    flip_byte(index_of(tiny), 12, 0x01)  # the first data block starts at byte 0
     with pytest.raises(ConversionError, match=r"index: block checksum mismatch in data block at offset 0"):
         read_bundle(tiny)
 
@@ -129,7 +125,7 @@ def test_bit_flip_in_index_data_block(tiny):
 def test_bit_flip_in_data_names_the_tensor(tiny):
     name = "bert/embeddings/word_embeddings"
     target = entry_of(tiny, name)
-    flip(data_shard(tiny), target.offset + target.size // 2, 0x40)
+    flip_byte(data_shard(tiny), target.offset + target.size // 2, 0x40)
     with pytest.raises(ConversionError, match=rf"data-00000-of-00001: tensor '{name}': CRC32C mismatch"):
         read_bundle(tiny)
 
@@ -206,23 +202,14 @@ def _masked(data: bytes) -> int:
     return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
-def _varint(n: int) -> bytes:
-    n &= (1 << 64) - 1
-    out = bytearray()
-    while n >= 0x80:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    return bytes(out + bytes([n]))
-
-
 def _field(number: int, value) -> bytes:
     if isinstance(value, bytes):
-        return _varint(number << 3 | 2) + _varint(len(value)) + value
-    return _varint(number << 3) + _varint(value)
+        return varint(number << 3 | 2) + varint(len(value)) + value
+    return varint(number << 3) + varint(value)
 
 
 def _block(records) -> bytes:
-    body = b"".join(_varint(0) + _varint(len(k)) + _varint(len(v)) + k + v for k, v in records)
+    body = b"".join(varint(0) + varint(len(k)) + varint(len(v)) + k + v for k, v in records)
     return body + struct.pack("<II", 0, 1)  # one restart point, at 0
 
 
@@ -231,7 +218,7 @@ def write_bundle(prefix: Path, records, data: bytes = b"", compression: int = 0)
     out = bytearray()
 
     def put(block: bytes, kind: int = 0) -> bytes:
-        handle = _varint(len(out)) + _varint(len(block))
+        handle = varint(len(out)) + varint(len(block))
         out.extend(block + bytes([kind]) + struct.pack("<I", _masked(block + bytes([kind]))))
         return handle
 
@@ -251,7 +238,7 @@ def header(shards=1, endianness=0, producer=1, min_consumer=0, bad=()) -> tuple[
 def entry(name: str, dtype: int, shape, offset: int, data: bytes, slices: bool = False) -> tuple[bytes, bytes]:
     dims = b"".join(_field(2, _field(1, d)) for d in shape)
     value = (_field(1, dtype) + _field(2, dims) + _field(4, offset) + _field(5, len(data))
-             + _varint(6 << 3 | 5) + struct.pack("<I", _masked(data)) + (_field(7, b"") if slices else b""))
+             + varint(6 << 3 | 5) + struct.pack("<I", _masked(data)) + (_field(7, b"") if slices else b""))
     return name.encode(), value
 
 
