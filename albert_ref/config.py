@@ -28,6 +28,16 @@ _HF_ACTIVATIONS = {
     "tanh": "tanh",
     "linear": "linear",
 }
+# TF-Hub google/albert_xlarge/2's albert_config.json, as its module card gives it: the model
+# this project targets (shared/spec; tests and benchmarks build its shape from here).
+ALBERT_XLARGE_2 = {
+    "attention_probs_dropout_prob": 0, "hidden_act": "gelu", "hidden_dropout_prob": 0, "embedding_size": 128,
+    "hidden_size": 2048, "initializer_range": 0.02, "intermediate_size": 8192, "max_position_embeddings": 512,
+    "num_attention_heads": 32, "num_hidden_layers": 24, "num_hidden_groups": 1, "net_structure_type": 0,
+    "gap_size": 0, "num_memory_blocks": 0, "inner_group_num": 1, "down_scale_factor": 1, "type_vocab_size": 2,
+    "vocab_size": 30000,
+}
+
 # Plausible ranges of the integer fields: far beyond any released ALBERT (xxlarge: hidden
 # 4096, intermediate 16384, 64 heads, 12 layers, vocab 30000), yet small enough that a
 # damaged or hostile config (num_hidden_layers = 10**9) is refused at once instead of

@@ -46,7 +46,7 @@ import numpy as np
 import sentencepiece as spm
 
 import albert_ref
-from albert_ref.config import AlbertConfig
+from albert_ref.config import ALBERT_XLARGE_2, AlbertConfig
 from albert_ref.encoder import SORT_WINDOW, batches
 from albert_ref.model import Model
 from albert_ref.tokenizer import Tokenizer
@@ -56,8 +56,8 @@ from albert_ref.weights.random_model import random_model_file
 CORPUS = DEMO_MODEL.parent / "corpus.txt"
 POOL = 1000
 SHAPES = {
-    "xlarge": dict(embedding_size=128, hidden_size=2048, num_hidden_layers=24, num_attention_heads=32,
-                   intermediate_size=8192),
+    "xlarge": {k: ALBERT_XLARGE_2[k] for k in ("embedding_size", "hidden_size", "num_hidden_layers",
+                                                "num_attention_heads", "intermediate_size")},
     "small": dict(embedding_size=128, hidden_size=768, num_hidden_layers=6, num_attention_heads=12,
                   intermediate_size=3072),  # sentence-transformers/paraphrase-albert-small-v2
     "demo": dict(embedding_size=32, hidden_size=128, num_hidden_layers=4, num_attention_heads=4,

@@ -39,9 +39,12 @@ DEADLINE_S = 540            # stop starting heavy stages after this many seconds
 RESULTS = {"stages": {}}
 LOG = None
 
-XLARGE = dict(vocab_size=30000, embedding_size=128, hidden_size=2048, num_hidden_layers=24,
-              num_attention_heads=32, intermediate_size=8192, num_hidden_groups=1, inner_group_num=1,
-              hidden_act="gelu_tanh", max_position_embeddings=512, type_vocab_size=2)
+
+
+def _xlarge_config():
+    """The target model's shape (albert_ref.config.ALBERT_XLARGE_2, the module card's)."""
+    from albert_ref.config import ALBERT_XLARGE_2, AlbertConfig
+    return AlbertConfig.from_original(ALBERT_XLARGE_2)
 
 
 def log(*args):
@@ -247,7 +250,7 @@ def _xlarge_params(config, seed=0):
 def _xlarge_inputs(B, S, lengths=None, seed=0):
     import numpy as np
     rng = np.random.default_rng(seed)
-    ids = rng.integers(5, XLARGE["vocab_size"], (B, S)).astype(np.int32)
+    ids = rng.integers(5, _xlarge_config().vocab_size, (B, S)).astype(np.int32)
     segs = np.zeros((B, S), np.int32)
     segs[:, S // 2:] = 1
     mask = np.ones((B, S), np.int32)
@@ -260,10 +263,9 @@ def _xlarge_inputs(B, S, lengths=None, seed=0):
 
 @stage("xlarge")
 def xlarge():
-    from albert_ref.config import AlbertConfig
     from albert_ref.cuda_backend import CudaOps
     from albert_ref.kernel_backend import KernelOps
-    config = AlbertConfig(**XLARGE)
+    config = _xlarge_config()
     raw = _xlarge_params(config)
     cuda_ops, cpu = CudaOps(), KernelOps(True)
     res = {}
@@ -376,10 +378,9 @@ def gemm_sweep():
 def profile():
     import numpy as np
 
-    from albert_ref.config import AlbertConfig
     from albert_ref.cuda_backend import CudaOps
     from albert_ref.ops import prepare_params
-    config = AlbertConfig(**XLARGE)
+    config = _xlarge_config()
     raw = _xlarge_params(config)
     ops = CudaOps()
     params = prepare_params(ops, raw)
@@ -449,8 +450,8 @@ def _torch_albert(raw, config):
 def _hf_albert():
     from transformers import AlbertConfig as HFConfig
     from transformers import AlbertModel
-    c = dict(XLARGE)
-    c["hidden_act"] = "gelu_new"
+    c = {k: v for k, v in _xlarge_config().to_dict().items() if k != "project_embeddings"}
+    c["hidden_act"] = "gelu_new"  # HF's name for the original "gelu"
     cfg = HFConfig(**c, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     return AlbertModel(cfg, add_pooling_layer=True).eval().cuda()
 
@@ -477,9 +478,8 @@ def timing(batches):
 
     from albert_ref import forward
     from albert_ref.ops import prepare_params
-    from albert_ref.config import AlbertConfig
     from albert_ref.cuda_backend import CudaOps
-    config = AlbertConfig(**XLARGE)
+    config = _xlarge_config()
     raw = _xlarge_params(config)
     ops = CudaOps()
     params = prepare_params(ops, raw)

@@ -5,15 +5,10 @@ import pytest
 from hypothesis import given, strategies as st
 
 from albert_ref.config import LIMITS, AlbertConfig
+from albert_ref.config import ALBERT_XLARGE_2
 from albert_ref.errors import ConfigError
 
-MODULE_CARD = {
-    "attention_probs_dropout_prob": 0, "hidden_act": "gelu", "hidden_dropout_prob": 0, "embedding_size": 128,
-    "hidden_size": 2048, "initializer_range": 0.02, "intermediate_size": 8192, "max_position_embeddings": 512,
-    "num_attention_heads": 32, "num_hidden_layers": 24, "num_hidden_groups": 1, "net_structure_type": 0,
-    "gap_size": 0, "num_memory_blocks": 0, "inner_group_num": 1, "down_scale_factor": 1, "type_vocab_size": 2,
-    "vocab_size": 30000,
-}
+MODULE_CARD = ALBERT_XLARGE_2  # the module card's albert_config.json
 
 
 def test_module_card_config():

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from peers import require_peers
+from albert_ref.config import ALBERT_XLARGE_2
 from albert_ref.model import load
 from albert_ref.testing.inputs import padded_batch
 from albert_ref.weights.convert import convert
@@ -20,8 +21,9 @@ CONFIGS = {
                    inner_group_num=2, num_attention_heads=3, intermediate_size=40, max_position_embeddings=48,
                    hidden_act="gelu"),
     # The module card's albert_xlarge/2 shape (32 heads of 64).
-    "xlarge": dict(vocab_size=30000, embedding_size=128, hidden_size=2048, num_hidden_layers=24,
-                   num_attention_heads=32, intermediate_size=8192, max_position_embeddings=512, hidden_act="gelu_new"),
+    "xlarge": dict({k: ALBERT_XLARGE_2[k] for k in ("vocab_size", "embedding_size", "hidden_size",
+                   "num_hidden_layers", "num_attention_heads", "intermediate_size", "max_position_embeddings")},
+                   hidden_act="gelu_new"),  # the original "gelu" in HF's name
 }
 
 
