@@ -426,10 +426,10 @@ def test_gpu_dense_large(M, N, K, cpu):
     x = randn(rng, M, K)
     w = randn(rng, K, N, scale=1.5 / np.sqrt(K))
     b = randn(rng, N)
-    from albert_ref.kernel_backend import PackedKernel
     ops = cuda_ops()
+    packed = cpu.prepare("large/kernel", w)
     for act in (None, "gelu_tanh"):
-        assert_bits_equal(host(ops.dense(x, w, b, act)), cpu.dense(x, PackedKernel(w), b, act), f"dense {act}")
+        assert_bits_equal(host(ops.dense(x, w, b, act)), cpu.dense(x, packed, b, act), f"dense {act}")
 
 
 @pytest.mark.skipif(not GPU, reason="needs a CUDA GPU")
