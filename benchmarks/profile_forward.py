@@ -18,6 +18,7 @@ from bench_forward import MODELS, build_params  # noqa: E402
 from albert_ref import forward  # noqa: E402
 from albert_ref.config import AlbertConfig  # noqa: E402
 from albert_ref.kernel_backend import KernelOps  # noqa: E402
+from albert_ref.kernels import isa  # noqa: E402
 
 
 def main():
@@ -26,9 +27,11 @@ def main():
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--isa", default=None, help="kernel variant (avx512, avx2, sse; default: chosen for this CPU)")
     args = ap.parse_args()
     config = AlbertConfig(**MODELS[args.model])
-    ops = KernelOps(True, threads=args.threads)
+    ops = KernelOps(True, threads=args.threads, isa=args.isa)
+    print(isa.describe(ops.isa))
     params = build_params(ops, config)
     times = collections.defaultdict(float)
     flops = collections.defaultdict(float)

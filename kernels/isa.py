@@ -52,12 +52,13 @@ class Variant:
 
 # Widest first. Shapes measured on xlarge GEMMs (benchmarks/RESULTS.md, "Kernel variants"):
 # avx512 4 x 64 was tuned on Zen 5 (8 x 32 spills its 8 row pointers of A; 6 x 32, 12 x 32
-# slower); under NUMBA_CPU_NAME=haswell, 6 x 16 and 4 x 24 tie, 8 x 8 and 4 x 16 reach
-# 0.65-0.75x of them and avx512's 4 x 64 0.4x; in 128-bit vectors with 16 registers,
-# 4 x 12 is ahead of 6 x 8, and 8 x 12 and 4 x 16 spill.
+# slower); under NUMBA_CPU_NAME=haswell, 4 x 24 and 6 x 16 tie at M = 1024, 8 x 8 and
+# 4 x 16 reach 0.65-0.75x of them and avx512's 4 x 64 0.4x; at M = 128 (one sequence)
+# 4 x 24 is 1.15x 6 x 16, whose last 2 rows run a whole 6-row tile; in 128-bit vectors
+# with 16 registers, 4 x 12 is ahead of 6 x 8, and 8 x 12 and 4 x 16 spill.
 VARIANTS = {v.name: v for v in (
     Variant("avx512", 4, 64, 16, "AVX-512: 16 of 32 zmm registers accumulate, 4 hold B"),
-    Variant("avx2", 6, 16, 8, "256-bit FMA (AVX2): 12 of 16 ymm registers accumulate, 2 hold B"),
+    Variant("avx2", 4, 24, 8, "256-bit FMA (AVX2): 12 of 16 ymm registers accumulate, 3 hold B"),
     Variant("sse", 4, 12, 4, "128-bit vectors (x86 without 256-bit FMA, Arm NEON): 12 accumulators, 3 of B"),
 )}
 

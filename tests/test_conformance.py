@@ -76,8 +76,8 @@ def _edges(sizes, lo=1):
     return sorted({s + d for s in sizes for d in (-1, 0, 1) if s + d >= lo})
 
 
-MS = _edges({v.mr for v in isa.VARIANTS.values()} | {2 * v.mr for v in isa.VARIANTS.values()})
-NS = _edges({v.nr for v in isa.VARIANTS.values()})
+MS = _edges({1, 2} | {v.mr for v in isa.VARIANTS.values()} | {2 * v.mr for v in isa.VARIANTS.values()})
+NS = _edges({1} | {v.nr for v in isa.VARIANTS.values()})
 KS = (1, 7, 127, 128, 129, 300)
 DENSE = [_dense(M, KS[i % len(KS)], N, ACTS[i % len(ACTS)]) for i, (M, N) in enumerate(itertools.product(MS, NS))]
 DENSE += [_dense(13, 1100, 70, "gelu_tanh"),                                  # several K chunks of the fast path

@@ -418,10 +418,10 @@ def test_gpu_dense_large(M, N, K, cpu):
     x = randn(rng, M, K)
     w = randn(rng, K, N, scale=1.5 / np.sqrt(K))
     b = randn(rng, N)
-    from albert_ref.kernel_backend import PackedKernel
     ops = cuda_ops()
+    packed = cpu.prepare("large/kernel", w)
     for act in (None, "gelu_tanh"):
-        assert_equal_bits(host(ops.dense(x, w, b, act)), cpu.dense(x, PackedKernel(w), b, act), name=f"dense {act}")
+        assert_equal_bits(host(ops.dense(x, w, b, act)), cpu.dense(x, packed, b, act), name=f"dense {act}")
 
 
 @pytest.mark.skipif(not GPU, reason="needs a CUDA GPU")
