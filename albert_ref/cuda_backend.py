@@ -30,7 +30,7 @@ import warnings
 
 import numpy as np
 
-from albert_ref.ops import embedding_indices, size_class
+from albert_ref.ops import embedding_indices, real_keys, size_class
 from albert_ref.errors import AlbertRefError
 from albert_ref.forward import is_dense_kernel
 
@@ -214,10 +214,10 @@ class CudaOps:
         return out.reshape(*lead, N)
 
     def _real_keys(self, input_mask):
-        mask = np.ascontiguousarray(input_mask != 0, dtype=np.bool_)
-        key = (mask.shape, mask.tobytes())
+        keys = np.ascontiguousarray(real_keys(input_mask))
+        key = (keys.shape, keys.tobytes())
         if key != self._mask_key:
-            idx, nreal = self._k_att.real_keys(mask)
+            idx, nreal = self._k_att.key_index(keys)
             self._mask_dev = (self._cuda.to_device(idx), self._cuda.to_device(nreal))
             self._mask_key = key
         return self._mask_dev

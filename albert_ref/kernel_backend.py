@@ -18,7 +18,7 @@ import weakref
 import numba
 import numpy as np
 
-from albert_ref.ops import embedding_indices, size_class
+from albert_ref.ops import embedding_indices, real_keys, size_class
 from albert_ref.errors import IsaError
 from albert_ref.forward import is_dense_kernel
 from albert_ref.kernels import attention as _att
@@ -214,9 +214,9 @@ class KernelOps:
     def attention(self, q, k, v, input_mask, num_heads):
         q, k, v = _f32(q), _f32(k), _f32(v)
         B, S, H = q.shape
-        mask = np.ascontiguousarray(input_mask, dtype=np.int64)
-        if mask.shape != (B, S):
-            raise ValueError(f"input_mask shape {mask.shape} does not match {(B, S)}")
+        if np.shape(input_mask) != (B, S):
+            raise ValueError(f"input_mask shape {np.shape(input_mask)} does not match {(B, S)}")
+        mask = np.ascontiguousarray(real_keys(input_mask), dtype=np.int64)  # the keys each sequence attends to
         scale = _att.attention_scale(H // num_heads)
         out = self._workspace.empty(q.shape)
         if self.fast:

@@ -1,7 +1,9 @@
 """Multi-head self-attention (NUMERICS.md, "Attention").
 
-For sequence b, the real keys are the positions with input_mask != 0 (all positions if
-there is none), taken in ascending order as a compact list r_0 < r_1 < ... < r_{n-1}.
+For sequence b, the real keys are the positions where `keys` is nonzero, taken in
+ascending order as a compact list r_0 < r_1 < ... < r_{n-1}; `keys` is
+albert_ref.ops.real_keys(input_mask), which holds the rule (the real tokens, or every
+position of a sequence that has none) for every backend.
 For head h (columns h*d .. h*d+d-1 of q, k, v), every query position i (padded ones too):
   s_j   = dot(q[b,i,h], k[b,r_j,h]) * scale        dot: the dense contract over d terms;
                                                    scale = float32(1/sqrt(d)), multiplied
@@ -35,17 +37,17 @@ def attention_scale(d):
 
 
 @njit(cache=True, error_model="numpy")
-def real_key_index(mask_row):
+def real_key_index(keys_row):
+    """The positions where keys_row is nonzero, ascending (the rule that chose them is
+    albert_ref.ops.real_keys)."""
     n = 0
-    for j in range(mask_row.shape[0]):
-        if mask_row[j] != 0:
+    for j in range(keys_row.shape[0]):
+        if keys_row[j] != 0:
             n += 1
-    if n == 0:
-        return np.arange(mask_row.shape[0])
     idx = np.empty(n, dtype=np.int64)
     n = 0
-    for j in range(mask_row.shape[0]):
-        if mask_row[j] != 0:
+    for j in range(keys_row.shape[0]):
+        if keys_row[j] != 0:
             idx[n] = j
             n += 1
     return idx

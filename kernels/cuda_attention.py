@@ -153,25 +153,21 @@ def attention_kernel(wq: int = WQ):
     return cuda.jit(make_attention_kernel(wq))
 
 
-def real_keys(input_mask):
-    """Host side: (idx [B, S] int32, nreal [B] int32), the compacted real key positions of
-    each sequence (kernels/attention.py real_key_index), padded with zeros."""
-    mask = np.asarray(input_mask) != 0
-    B, S = mask.shape
+def key_index(keys):
+    """Host side: (idx [B, S] int32, nreal [B] int32), the positions where keys [B, S] is
+    true (albert_ref.ops.real_keys chose them), compacted per sequence, padded with zeros."""
+    keys = np.asarray(keys, dtype=bool)
+    B, S = keys.shape
     idx = np.zeros((B, S), dtype=np.int32)
-    nreal = np.empty(B, dtype=np.int32)
+    nreal = keys.sum(axis=1).astype(np.int32)
     for b in range(B):
-        pos = np.flatnonzero(mask[b])
-        if pos.size == 0:
-            pos = np.arange(S)
-        idx[b, :pos.size] = pos
-        nreal[b] = pos.size
+        idx[b, :nreal[b]] = np.flatnonzero(keys[b])
     return idx, nreal
 
 
 def launch_attention(q, k, v, idx, nreal, num_heads, out, wq=WQ, stream=0):
     """out [B, S, H] = attention of q, k, v [B, S, H] (C-order float32 device arrays) over
-    the real keys idx [B, S], nreal [B] (device int32, from `real_keys`)."""
+    the real keys idx [B, S], nreal [B] (device int32, from `key_index`)."""
     B, S, H = q.shape
     d = H // num_heads
     if B * S * H == 0:
