@@ -29,11 +29,18 @@ import sys
 import tempfile
 import time
 
-XLARGE = dict(vocab_size=30000, embedding_size=128, hidden_size=2048, num_hidden_layers=24,
-              num_attention_heads=32, intermediate_size=8192, num_hidden_groups=1, inner_group_num=1,
-              hidden_act="gelu_tanh", max_position_embeddings=512, type_vocab_size=2)
-BASE = dict(XLARGE, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
-MODELS = {"xlarge": XLARGE, "base": BASE}
+MODEL_NAMES = ("xlarge", "base")
+
+
+def model_fields(name: str) -> dict:
+    """AlbertConfig fields of a benchmark model: "xlarge", the module card's
+    (albert_ref.config.ALBERT_XLARGE_2), or "base", ALBERT base v2's shape. It imports
+    albert_ref: a worker calls it after its import has been timed."""
+    from albert_ref.config import ALBERT_XLARGE_2, AlbertConfig
+    fields = AlbertConfig.from_original(ALBERT_XLARGE_2).to_dict()
+    if name == "base":
+        fields.update(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
+    return fields
 
 
 def gflop(cfg, B, S):
@@ -92,7 +99,7 @@ def worker_ours(args):
     from albert_ref.config import AlbertConfig
     from albert_ref.kernel_backend import KernelOps, limit_heap_retention
     t_import = time.perf_counter() - t0
-    config = AlbertConfig(**MODELS[args.model])
+    config = AlbertConfig(**model_fields(args.model))
     limit_heap_retention()  # as the CLI does
     ops = KernelOps(True, threads=args.threads, isa=args.isa)
     params = build_params(ops, config)
@@ -117,8 +124,8 @@ def _hf_model(threads, model):
     from transformers import AlbertModel
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    c = dict(MODELS[model])
-    c["hidden_act"] = "gelu_new"
+    c = {k: v for k, v in model_fields(model).items() if k != "project_embeddings"}
+    c["hidden_act"] = "gelu_new"  # HF's name for the original "gelu"
     cfg = HFConfig(**c, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     return AlbertModel(cfg, add_pooling_layer=True).eval()
 
@@ -126,7 +133,7 @@ def _hf_model(threads, model):
 def worker_torch(args):
     import torch
     model = _hf_model(args.threads, args.model)
-    ids, mask, segs = (torch.from_numpy(a.astype("int64")) for a in inputs(args.batch, args.seq, XLARGE["vocab_size"]))
+    ids, mask, segs = (torch.from_numpy(a.astype("int64")) for a in inputs(args.batch, args.seq, model_fields("xlarge")["vocab_size"]))
     times = []
     with torch.inference_mode():
         for _ in range(args.reps + 1):
@@ -140,7 +147,7 @@ def worker_torch(args):
 def worker_ort_export(args):
     import torch
     model = _hf_model(args.threads, args.model)
-    ids, mask, segs = (torch.from_numpy(a.astype("int64")) for a in inputs(1, args.seq, XLARGE["vocab_size"]))
+    ids, mask, segs = (torch.from_numpy(a.astype("int64")) for a in inputs(1, args.seq, model_fields("xlarge")["vocab_size"]))
     torch.onnx.export(model, (ids, mask, segs), args.onnx, input_names=["input_ids", "attention_mask", "token_type_ids"],
                       output_names=["sequence_output", "pooled_output"], opset_version=17, dynamo=False,
                       dynamic_axes={n: {0: "b", 1: "s"} for n in ("input_ids", "attention_mask", "token_type_ids")})
@@ -154,7 +161,7 @@ def worker_ort(args):
     so.inter_op_num_threads = 1
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     sess = ort.InferenceSession(args.onnx, so, providers=["CPUExecutionProvider"])
-    ids, mask, segs = (a.astype("int64") for a in inputs(args.batch, args.seq, XLARGE["vocab_size"]))
+    ids, mask, segs = (a.astype("int64") for a in inputs(args.batch, args.seq, model_fields("xlarge")["vocab_size"]))
     feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": segs}
     times = []
     for _ in range(args.reps + 1):
@@ -174,7 +181,7 @@ def worker_accuracy(args):
     from albert_ref.numpy_backend import NumpyOps
     from albert_ref.config import AlbertConfig
     from albert_ref.kernel_backend import KernelOps
-    config = AlbertConfig(**MODELS[args.model])
+    config = AlbertConfig(**model_fields(args.model))
     ids, mask, segs = inputs(2, args.seq, config.vocab_size, seed=1)
     mask[1, 77:] = 0
     ids[1, 77:] = 0
@@ -222,7 +229,7 @@ def spawn(kind, batch, seq, threads, reps, env=None, onnx="", model="xlarge", is
 def report(r, batch, seq, model):
     import statistics
     med = statistics.median(r["times"])
-    gf = gflop(MODELS[model], batch, seq)
+    gf = gflop(model_fields(model), batch, seq)
     print(f"  {r['engine']:<52s} {batch}x{seq}: median {med:7.3f} s  (runs {', '.join(f'{t:.2f}' for t in r['times'])})"
           f"  {gf / med:6.1f} GFLOP/s  peak RSS {r['rss_mb']:6.0f} MB", flush=True)
     return med
@@ -230,7 +237,7 @@ def report(r, batch, seq, model):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", choices=sorted(MODELS), default="xlarge")
+    ap.add_argument("--model", choices=MODEL_NAMES, default="xlarge")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--cases", nargs="*", default=["1x128", "8x128"])
@@ -264,7 +271,7 @@ def main(argv=None):
             print(f"  {name:28s} vs float64: max abs {e['max_abs']:.3e}  rms {e['rms']:.3e}  "
                   f"(output magnitude {e['magnitude']:.2f})")
         return
-    gf = {c: gflop(MODELS[args.model], *map(int, c.split("x"))) for c in args.cases}
+    gf = {c: gflop(model_fields(args.model), *map(int, c.split("x"))) for c in args.cases}
     print("  GFLOP per forward: " + ", ".join(f"{c}: {g:.0f}" for c, g in gf.items()))
     if not args.no_compile:
         with tempfile.TemporaryDirectory() as cache:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_forward import MODELS, build_params  # noqa: E402
+from bench_forward import MODEL_NAMES, build_params, model_fields  # noqa: E402
 
 from albert_ref import forward  # noqa: E402
 from albert_ref.config import AlbertConfig  # noqa: E402
@@ -23,13 +23,13 @@ from albert_ref.kernels import isa  # noqa: E402
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", choices=sorted(MODELS), default="xlarge")
+    ap.add_argument("--model", choices=MODEL_NAMES, default="xlarge")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--isa", default=None, help="kernel variant (avx512, avx2, sse; default: chosen for this CPU)")
     args = ap.parse_args()
-    config = AlbertConfig(**MODELS[args.model])
+    config = AlbertConfig(**model_fields(args.model))
     ops = KernelOps(True, threads=args.threads, isa=args.isa)
     print(isa.describe(ops.isa))
     params = build_params(ops, config)
