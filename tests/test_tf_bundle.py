@@ -90,6 +90,32 @@ def test_sharded_fixture_really_has_two_shards():
     assert all(data_shard(prefix, i, 2).stat().st_size > 0 for i in range(2))
 
 
+def test_one_pass_reads_the_kept_tensors_and_hashes_each_shard():
+    """read_bundle(keep=..., digests=...): the accepted tensors as a full read gives them,
+    and each data shard's SHA-256 from the same pass (the converter's provenance)."""
+    from albert_ref.weights.model_file import file_sha256
+    prefix = prefix_of(FIXTURES / "sharded")
+    everything = read_bundle(prefix)
+    digests = {}
+    kept = read_bundle(prefix, keep=lambda name: name != "global_step", digests=digests)
+    assert set(kept) == set(everything) - {"global_step"}
+    for name, array in kept.items():
+        assert array.dtype == everything[name].dtype and array.tobytes() == everything[name].tobytes(), name
+    shards = [data_shard(prefix, i, 2) for i in range(2)]
+    assert digests == {p.name: file_sha256(p) for p in shards}
+
+
+def test_a_dropped_tensor_is_not_read(tiny):
+    """A flipped byte inside a tensor that keep() rejects (training state) is no error: its
+    bytes are neither copied nor CRC-checked; the same flip in a kept tensor is one."""
+    index = {e.name: e for e in _read_index(index_of(tiny))[1]}
+    target = index["global_step"]
+    flip_byte(data_shard(tiny), target.offset, 0x01)
+    assert "global_step" not in read_bundle(tiny, keep=lambda name: name != "global_step")
+    with pytest.raises(ConversionError, match="global_step.*CRC32C mismatch"):
+        read_bundle(tiny)
+
+
 def test_global_step_is_int64():
     assert read_bundle(prefix_of(FIXTURES / "tiny"))["global_step"].dtype == np.int64
 

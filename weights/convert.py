@@ -121,17 +121,13 @@ def _from_tf(src: Path, kind: str, config_path, spm_path, do_lower_case, archive
     if spm_path and not spm_file.is_file():
         raise ConversionError(f"{spm_file}: no such sentencepiece model")
 
-    tensors = {}
-    for name, array in read_bundle(prefix).items():
-        if _TRAINING_STATE.search(name):
-            continue
+    shard_sha256 = {}  # filled by read_bundle's one pass over each data shard
+    tensors = read_bundle(prefix, keep=lambda name: not _TRAINING_STATE.search(name), digests=shard_sha256)
+    for name, array in tensors.items():
         if array.dtype != np.float32:
             raise ConversionError(f"{prefix}: tensor {name} has dtype {array.dtype}; ALBERT weights are float32")
-        tensors[name] = array
-    files = [Path(f"{prefix}.index"), *sorted(prefix.parent.glob(f"{prefix.name}.data-*")), config_file]
-    if spm_file:
-        files.append(spm_file)
-    sources = {f.name: file_sha256(f) for f in files}
+    files = [Path(f"{prefix}.index"), config_file, *([spm_file] if spm_file else [])]
+    sources = {**{f.name: file_sha256(f) for f in files}, **shard_sha256}
     if archive is not None:
         sources = {archive.name: file_sha256(archive), **sources}
     provenance = {"source_format": kind, "sources": sources, "converter": converter_version()}

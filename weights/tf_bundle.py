@@ -12,6 +12,7 @@ tensor.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import struct
 from dataclasses import dataclass
@@ -46,8 +47,11 @@ _UNSUPPORTED = {
 }
 
 
-def read_bundle(prefix: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Every tensor of the checkpoint `prefix` (the path without `.index`), by name.
+def read_bundle(prefix: str | os.PathLike, keep=None, digests: dict | None = None) -> dict[str, np.ndarray]:
+    """The tensors of the checkpoint `prefix` (the path without `.index`), by name: all of
+    them, or those whose name `keep(name)` accepts (the others, e.g. optimizer slots, are
+    neither copied nor CRC-checked). Each data shard is read once, front to back; given
+    `digests`, that pass also records each shard's file name -> SHA-256 there.
 
     Arrays are C-contiguous, writable, and keep the stored dtype.
     """
@@ -58,38 +62,63 @@ def read_bundle(prefix: str | os.PathLike) -> dict[str, np.ndarray]:
     for path in shard_paths:
         if not path.is_file():
             raise ConversionError(f"{path}: data shard {path.name} of checkpoint {index_path} is missing")
+    wanted = [e for e in entries if keep is None or keep(e.name)]
     tensors: dict[str, np.ndarray] = {}
     for shard, path in enumerate(shard_paths):
-        in_shard = sorted((e for e in entries if e.shard == shard), key=lambda e: e.offset)
-        if in_shard:
-            tensors.update(_read_shard(path, in_shard))
-    return {e.name: tensors[e.name] for e in entries}
+        in_shard = sorted((e for e in wanted if e.shard == shard), key=lambda e: e.offset)
+        if in_shard or digests is not None:
+            tensors.update(_read_shard(path, in_shard, digests))
+    return {e.name: tensors[e.name] for e in wanted}
 
 
 # -- data shards -----------------------------------------------------------------------
 
 
-def _read_shard(path: Path, entries: list[_Entry]) -> dict[str, np.ndarray]:
+_BLOCK = 1 << 24
+
+
+def _read_shard(path: Path, entries: list[_Entry], digests: dict | None) -> dict[str, np.ndarray]:
+    """`entries` (sorted by offset) of one data shard, CRC-checked, in one sequential pass
+    over the file, which also feeds its SHA-256 into digests[path.name] when asked."""
     out = {}
+    sha = hashlib.sha256() if digests is not None else None
     try:
         with open(path, "rb") as f:
             file_size = os.fstat(f.fileno()).st_size
             for e in entries:
-                where = f"{path}: tensor {e.name!r}"
                 if e.offset + e.size > file_size:
-                    raise ConversionError(f"{where}: bytes [{e.offset}, {e.offset + e.size}) lie beyond the end "
-                                          f"of the file ({file_size} bytes): the shard is truncated")
-                buf = bytearray(e.size)
-                f.seek(e.offset)
-                if f.readinto(buf) != e.size:
-                    raise ConversionError(f"{where}: short read: the shard is truncated")
-                actual = _masked_crc(buf)
-                if actual != e.crc:
-                    raise ConversionError(f"{where}: CRC32C mismatch (stored {e.crc:#010x}, computed "
-                                          f"{actual:#010x}): the data file is corrupt")
-                out[e.name] = np.frombuffer(buf, dtype=e.dtype).reshape(e.shape)
+                    raise ConversionError(f"{path}: tensor {e.name!r}: bytes [{e.offset}, {e.offset + e.size}) lie "
+                                          f"beyond the end of the file ({file_size} bytes): the shard is truncated")
+            bufs = [bytearray(e.size) for e in entries]
+            pos, first = 0, 0  # entries before `first` are complete
+            while block := f.read(_BLOCK if sha is not None or first < len(entries) else 0):
+                if sha is not None:
+                    sha.update(block)
+                end = pos + len(block)
+                for i in range(first, len(entries)):
+                    e = entries[i]
+                    if e.offset >= end:
+                        break
+                    lo, hi = max(e.offset, pos), min(e.offset + e.size, end)
+                    if lo < hi:
+                        bufs[i][lo - e.offset:hi - e.offset] = block[lo - pos:hi - pos]
+                while first < len(entries) and entries[first].offset + entries[first].size <= end:
+                    first += 1
+                pos = end
+                if sha is None and first == len(entries):
+                    break
+            if pos < (entries[-1].offset + entries[-1].size if entries else 0):
+                raise ConversionError(f"{path}: short read: the shard is truncated")
     except OSError as exc:
         raise ConversionError(f"{path}: cannot read data shard: {exc}") from None
+    for e, buf in zip(entries, bufs):
+        actual = _masked_crc(buf)
+        if actual != e.crc:
+            raise ConversionError(f"{path}: tensor {e.name!r}: CRC32C mismatch (stored {e.crc:#010x}, computed "
+                                  f"{actual:#010x}): the data file is corrupt")
+        out[e.name] = np.frombuffer(buf, dtype=e.dtype).reshape(e.shape)
+    if sha is not None:
+        digests[path.name] = sha.hexdigest()
     return out
 
 
