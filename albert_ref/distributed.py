@@ -190,7 +190,7 @@ def embed_corpus(inputs, output_dir, model=None, *, client=None, workers: int | 
     from albert_ref.weights import DEMO_MODEL
     from albert_ref.weights.model_file import read_model
     model = os.path.abspath(DEMO_MODEL if model is None else model)
-    model_file = read_model(model)
+    model_file = read_model(model, verify=False)   # the digest, from the stored checksums; workers verify the data
     max_len = checked_max_seq_length(model_file.config, max_seq_length)
     files, parts = corpus.partitions(corpus.expand(inputs, input_format), partition_size)
     job = {"model_sha256": model_file.digest, "backend": backend, "pooling": pooling, "normalize": normalize,
@@ -205,17 +205,19 @@ def embed_corpus(inputs, output_dir, model=None, *, client=None, workers: int | 
     del model_file
     with _claimed(folder, job, restart), _client(client, workers, threads) as client:
         client.register_plugin(ModelPlugin(model, job["model_sha256"], backend, threads))
-        _run(client, parts, opts, summary, progress)
+        entries = _run(client, parts, opts, summary, progress)
         if summary.ok:
-            entries = [shards.finished(folder, p.name, job_sha256)[0] for p in parts]
             with atomic_output(folder / shards.MANIFEST, "w") as fh:
                 json.dump({"format": JOB_FORMAT, "version": JOB_VERSION, "job": job, "dim": summary.dim,
-                           "partitions": entries}, fh, indent=1)
+                           "partitions": [entries[p.name] for p in parts]}, fh, indent=1)
     return summary
 
 
-def _run(client, parts, opts: TaskOptions, summary: Summary, progress: bool | None) -> None:
+def _run(client, parts, opts: TaskOptions, summary: Summary, progress: bool | None) -> dict:
+    """Run every partition's task, counting in `summary`; the manifest entries of the
+    partitions that are done (checked by their tasks), by partition name."""
     from tqdm import tqdm
+    entries = {}
     run = uuid.uuid4().hex[:8]   # fresh keys: a rerun on the same client must not get the old results back
     futures = {client.submit(run_partition, p, opts, key=f"albert-ref-{p.name}-{run}", pure=False): p for p in parts}
     show = sys.stderr.isatty() if progress is None else progress
@@ -229,7 +231,7 @@ def _run(client, parts, opts: TaskOptions, summary: Summary, progress: bool | No
             except KilledWorker as exc:
                 summary.failed[part.name] = f"{part.describe()}: the workers running it died too often ({exc})"
             else:
-                entry = result["entry"]
+                entry = entries[part.name] = result["entry"]
                 summary.rows += entry["rows"]
                 summary.blank_lines += entry["blank_lines"]
                 summary.truncated_rows += entry["truncated_rows"]
@@ -245,6 +247,7 @@ def _run(client, parts, opts: TaskOptions, summary: Summary, progress: bool | No
             del futures[future]
     summary.failed = dict(sorted(summary.failed.items()))
     summary.recomputed = dict(sorted(summary.recomputed.items()))
+    return entries
 
 
 @contextlib.contextmanager

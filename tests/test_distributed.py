@@ -270,3 +270,34 @@ def test_cluster_options_are_checked(argv, message, tmp_path, monkeypatch, capsy
     (tmp_path / "x.txt").write_text("a text\n")
     assert main(["embed", *argv]) == 1
     assert message in capsys.readouterr().err
+
+
+def test_pairs_from_tsv_and_txt_match_single_process_embed(client, tmp_path):
+    """A .tsv file (one partition: its quoted fields may span lines) and a .txt file of
+    TEXT_A<TAB>TEXT_B lines, embedded as pairs."""
+    rng = np.random.default_rng(8)
+    pairs = [(sentence(rng), sentence(rng)) for _ in range(24)]
+    (tmp_path / "c.tsv").write_text("q\tdoc\tkey\n" + "".join(f'"{a}\n"\t{b}\tk{i}\n' for i, (a, b) in enumerate(pairs)),
+                                    encoding="utf-8")
+    (tmp_path / "d.txt").write_text("".join(f"{b}\t{a}\n" for a, b in pairs), encoding="utf-8")
+    want = []
+    for name, extra in (("c.tsv", ["--field", "q", "--field", "doc"]), ("d.txt", [])):
+        out = tmp_path / f"{name}.h5"
+        assert main(["embed", "--input", str(tmp_path / name), "--output", str(out), "--pair", *extra,
+                     *CLI_OPTIONS]) == 0
+        with h5py.File(out) as f:
+            want.append((f["vectors"][:], f["ids"][:]))
+    summary = embed_corpus([tmp_path / "c.tsv", tmp_path / "d.txt"], tmp_path / "out", client=client, pair=True,
+                           fields=["q", "doc"], partition_size=5, **OPTIONS)
+    assert not summary.ok and list(summary.failed) == [f"part-{k:06d}" for k in range(1, 6)]
+    assert "--field applies to .jsonl, .csv and .tsv inputs, not to" in summary.failed["part-000001"]
+    summary = embed_corpus([tmp_path / "c.tsv"], tmp_path / "out-c", client=client, pair=True, fields=["q", "doc"],
+                           partition_size=5, **OPTIONS)
+    assert summary.ok and summary.partitions == 1
+    summary = embed_corpus([tmp_path / "d.txt"], tmp_path / "out-d", client=client, pair=True, partition_size=5,
+                           **OPTIONS)
+    assert summary.ok and summary.partitions == 5
+    for folder, (vectors, ids) in zip(("out-c", "out-d"), want):
+        emb = open_embeddings(tmp_path / folder)
+        assert_bits_equal(emb.vectors, vectors, folder)
+        np.testing.assert_array_equal(emb.ids, ids)
