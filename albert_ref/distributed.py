@@ -27,7 +27,6 @@ How it runs (dask.distributed does the scheduling, retries and transport):
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import importlib.util
 import json
@@ -40,7 +39,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from albert_ref import corpus, shards
-from albert_ref.atomic import atomic_output
+from albert_ref.atomic import atomic_output, exclusive_folder
 from albert_ref.encoder import POOLINGS, _check_count, max_seq_length as checked_max_seq_length
 from albert_ref.errors import AlbertRefError, InputError, ModelFileError
 
@@ -256,16 +255,8 @@ def _claimed(folder: Path, job: dict, restart: bool):
     job.json, and a different job refused unless restart. Temporaries of killed runs go."""
     if not folder.parent.is_dir():
         raise InputError(f"{folder}: no such directory {folder.parent}")
-    try:
-        folder.mkdir(exist_ok=True)
-        lock = open(folder / ".lock", "a")
-    except OSError as exc:
-        raise InputError(f"cannot write {folder}: {exc.strerror or exc}") from None
-    with lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise InputError(f"{folder} is in use by another albert-ref embedding job") from None
+    with exclusive_folder(folder, ".lock", f"cannot write {folder}",
+                          f"{folder} is in use by another albert-ref embedding job"):
         _remove_temporaries(folder)
         if restart:
             for path in [*folder.glob("part-*"), folder / shards.MANIFEST, folder / JOB_FILE]:
