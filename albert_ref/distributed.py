@@ -48,7 +48,6 @@ try:
 except ImportError as exc:  # the optional `dask` extra
     raise ImportError("albert_ref.distributed needs Dask: pip install 'albert-ref[dask]'") from exc
 
-PLUGIN = "albert-ref-model"
 PARTITION_SIZE = 10_000
 JOB_FILE = "job.json"
 JOB_FORMAT = "albert-ref distributed embedding"
@@ -60,14 +59,18 @@ class WorkerSetupError(AlbertRefError):
     """A worker cannot take part: it cannot load the model, or its file differs from the client's."""
 
 
+def plugin_name(digest: str) -> str:
+    """One plugin per model: jobs on different models can share a cluster."""
+    return f"albert-ref-model-{digest[:16]}"
+
+
 class ModelPlugin(WorkerPlugin):
     """Loads the model on each worker (also on workers that join later, or that Dask's
     nanny restarts) and checks its digest against the client's."""
 
-    name = PLUGIN
-
     def __init__(self, path: str, digest: str, backend: str = "cpu", threads: int | None = None):
         self.path, self.digest, self.backend, self.threads = path, digest, backend, threads
+        self.name = plugin_name(digest)
         self.encoder = None
         self.error = None
 
@@ -112,7 +115,7 @@ def run_partition(part: corpus.Partition, opts: TaskOptions) -> dict:
     entry, why = shards.finished(folder, part.name, opts.job_sha256)
     if entry is not None:
         return {"status": "done", "why": None, "entry": entry}
-    plugin = get_worker().plugins.get(PLUGIN)
+    plugin = get_worker().plugins.get(plugin_name(opts.model_sha256))
     if plugin is None or plugin.encoder is None:
         raise getattr(plugin, "error", None) or WorkerSetupError("this worker has no albert-ref model plugin")
     inputs = corpus.read(part, opts.fields, opts.pair, opts.id_field)

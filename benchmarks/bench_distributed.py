@@ -39,6 +39,8 @@ from bench_embed import POOL, SHAPES, model_file, sentences, train_tokenizer  # 
 from bench_forward import BASE  # noqa: E402
 
 from albert_ref.config import AlbertConfig  # noqa: E402
+from albert_ref.encoder import batches  # noqa: E402
+from albert_ref.tokenizer import Tokenizer  # noqa: E402
 from albert_ref.weights.model_file import write_model  # noqa: E402
 from albert_ref.weights.random_model import random_model_file  # noqa: E402
 
@@ -102,6 +104,10 @@ def overhead(args, corpus: Path, tmp: Path) -> None:
           f"{(many - one) / (args.overhead_parts - 1) * 1000:.1f} ms per extra task")
 
 
+def padded_rows(lengths, batch_size: int) -> int:
+    return sum(len(rows) * width for rows, width in batches(lengths, batch_size))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=256, help=f"sentences for the throughput runs, at most {POOL}")
@@ -116,6 +122,13 @@ def main():
     spm_model = train_tokenizer(pool)
     print(f"{platform.machine()}, {os.cpu_count()} cores; {args.shape} shape; {args.n} sentences of bench_embed; "
           f"partitions of {args.partition_size} lines; batch {args.batch_size}")
+    # a partition is length-sorted and batched on its own: what that costs in padded token rows
+    lengths = Tokenizer(spm_model).encode_batch(pool[:args.n], max_seq_length=512).lengths
+    whole = padded_rows(lengths, args.batch_size)
+    parted = sum(padded_rows(lengths[a:a + args.partition_size], args.batch_size)
+                 for a in range(0, args.n, args.partition_size))
+    print(f"token rows the forward passes run: {whole} in one process, {parted} in partitions "
+          f"({parted / whole - 1:+.1%}); {sum(lengths)} real tokens")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model = tmp / f"{args.shape}.h5"

@@ -22,7 +22,7 @@ from hypothesis import given, settings, strategies as st
 
 from albert_ref import corpus, shards
 from albert_ref.cli import main
-from albert_ref.distributed import (PLUGIN, ModelPlugin, WorkerSetupError, embed_corpus, local_cluster,
+from albert_ref.distributed import (ModelPlugin, WorkerSetupError, embed_corpus, local_cluster,
                                     open_embeddings)
 from albert_ref.embed_inputs import from_file
 from albert_ref.errors import InputError
@@ -196,11 +196,12 @@ def test_a_worker_with_a_different_model_file_is_refused(client, tmp_path):
     demo = read_model(DEMO_MODEL)
     other = tmp_path / "other.h5"
     write_model(other, random_model_file(demo.config, seed=5, spm_model=demo.spm_model, **demo.tokenizer_options))
+    plugin = ModelPlugin(str(other), demo.digest)
     try:
         with pytest.raises(WorkerSetupError, match="has digest .* every worker must hold the same model file"):
-            client.register_plugin(ModelPlugin(str(other), demo.digest))
+            client.register_plugin(plugin)
     finally:
-        client.unregister_worker_plugin(PLUGIN)
+        client.unregister_worker_plugin(plugin.name)
 
 
 def test_a_changed_input_model_or_option_is_refused(client, corpus_dir, tmp_path):
