@@ -207,7 +207,12 @@ def embed_corpus(inputs, output_dir, model=None, *, client=None, workers: int | 
     del model_file
     with _claimed(folder, job, restart), _client(client, workers, threads) as client:
         client.register_plugin(ModelPlugin(model, job["model_sha256"], backend, threads))
-        entries = _run(client, parts, opts, summary, progress)
+        try:
+            entries = _run(client, parts, opts, summary, progress)
+        except KeyboardInterrupt:
+            print(f"albert-ref: stopped; the finished partitions are kept in {folder}: run the same command again "
+                  f"to resume", file=sys.stderr)
+            raise
         if summary.ok:
             with atomic_output(folder / shards.MANIFEST, "w") as fh:
                 json.dump({"format": JOB_FORMAT, "version": JOB_VERSION, "job": job, "dim": summary.dim,
