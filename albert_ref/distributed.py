@@ -41,7 +41,7 @@ from pathlib import Path
 from albert_ref import corpus, shards
 from albert_ref.atomic import atomic_output, exclusive_folder
 from albert_ref.encoder import POOLINGS, _check_count, max_seq_length as checked_max_seq_length
-from albert_ref.errors import AlbertRefError, InputError, ModelFileError
+from albert_ref.errors import AlbertRefError, InputError
 
 try:
     from distributed import Client, KilledWorker, LocalCluster, WorkerPlugin, as_completed, get_worker

@@ -73,8 +73,9 @@ def throughput(args, model: Path, corpus: Path, one: Path, tmp: Path) -> None:
                 sys.exit("the cluster's vectors differ from the single process's")
         t = {key: statistics.median(runs) for key, runs in times.items()}
         for path in paths:
-            rows.append((threads, path, args.n / t[path, args.n], t[path, 1], (args.n - 1) / (t[path, args.n] - t[path, 1])))
-    print(f"\n| cores | path | end-to-end rows/s | fixed cost s | marginal rows/s |\n|---:|---|---:|---:|---:|")
+            marginal = (args.n - 1) / (t[path, args.n] - t[path, 1])
+            rows.append((threads, path, args.n / t[path, args.n], t[path, 1], marginal))
+    print("\n| cores | path | end-to-end rows/s | fixed cost s | marginal rows/s |\n|---:|---|---:|---:|---:|")
     for threads, path, rate, fixed, marginal in rows:
         print(f"| {threads} | {path} | {rate:.2f} | {fixed:.2f} | {marginal:.2f} |")
     for threads in (1, 2):

@@ -278,8 +278,8 @@ def test_pairs_from_tsv_and_txt_match_single_process_embed(client, tmp_path):
     TEXT_A<TAB>TEXT_B lines, embedded as pairs."""
     rng = np.random.default_rng(8)
     pairs = [(sentence(rng), sentence(rng)) for _ in range(24)]
-    (tmp_path / "c.tsv").write_text("q\tdoc\tkey\n" + "".join(f'"{a}\n"\t{b}\tk{i}\n' for i, (a, b) in enumerate(pairs)),
-                                    encoding="utf-8")
+    table = "".join(f'"{a}\n"\t{b}\tk{i}\n' for i, (a, b) in enumerate(pairs))   # a quoted field spans lines
+    (tmp_path / "c.tsv").write_text("q\tdoc\tkey\n" + table, encoding="utf-8")
     (tmp_path / "d.txt").write_text("".join(f"{b}\t{a}\n" for a, b in pairs), encoding="utf-8")
     want = []
     for name, extra in (("c.tsv", ["--field", "q", "--field", "doc"]), ("d.txt", [])):
