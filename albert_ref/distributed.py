@@ -319,7 +319,7 @@ def local_cluster(workers: int | None = None, threads: int | None = None, **kwar
     one task at a time on `threads` kernel threads (default: its share of the cores);
     NUMBA_NUM_THREADS reaches each worker process before Numba is imported there. Prints
     the dashboard address."""
-    cores = len(os.sched_getaffinity(0))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     workers = cores if workers is None else workers
     _check_count("workers", workers)
     threads = max(1, cores // workers) if threads is None else threads
