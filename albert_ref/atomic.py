@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
-from albert_ref.errors import OutputError
+from albert_ref.errors import InputError, OutputError
 
 
 def _umask() -> int:
@@ -73,3 +74,22 @@ def atomic_directory(path):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextlib.contextmanager
+def exclusive_folder(folder, lock_name: str, cannot_write: str, in_use: str):
+    """Create `folder` and hold a lock on folder/lock_name for the block, so that a second
+    writer is refused (InputError `in_use`) rather than let two interleave; `cannot_write`
+    begins the error when the folder or its lock cannot be made."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(exist_ok=True)
+        lock = open(folder / lock_name, "a")
+    except OSError as exc:
+        raise InputError(f"{cannot_write}: {exc.strerror or exc}") from None
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InputError(in_use) from None
+        yield

@@ -27,7 +27,6 @@ How it runs (dask.distributed does the scheduling, retries and transport):
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import importlib.util
 import json
@@ -40,7 +39,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from albert_ref import corpus, shards
-from albert_ref.atomic import atomic_output
+from albert_ref.atomic import atomic_output, exclusive_folder
 from albert_ref.encoder import (_check_count, max_seq_length as checked_max_seq_length, output_dim, resolve_normalize,
                                 resolve_pooling)
 from albert_ref.errors import AlbertRefError, InputError
@@ -51,7 +50,6 @@ try:
 except ImportError as exc:  # the optional `dask` extra
     raise ImportError("albert_ref.distributed needs Dask: pip install 'albert-ref[dask]'") from exc
 
-PLUGIN = "albert-ref-model"
 PARTITION_SIZE = 10_000
 JOB_FILE = "job.json"
 JOB_FORMAT = "albert-ref distributed embedding"
@@ -62,14 +60,18 @@ class WorkerSetupError(AlbertRefError):
     """A worker cannot take part: it cannot load the model, or its file differs from the client's."""
 
 
+def plugin_name(digest: str) -> str:
+    """One plugin per model: jobs on different models can share a cluster."""
+    return f"albert-ref-model-{digest[:16]}"
+
+
 class ModelPlugin(WorkerPlugin):
     """Loads the model on each worker (also on workers that join later, or that Dask's
     nanny restarts) and checks its digest against the client's."""
 
-    name = PLUGIN
-
     def __init__(self, path: str, digest: str, backend: str = "cpu", threads: int | None = None):
         self.path, self.digest, self.backend, self.threads = path, digest, backend, threads
+        self.name = plugin_name(digest)
         self.encoder = None
         self.error = None
 
@@ -114,7 +116,7 @@ def run_partition(part: corpus.Partition, opts: TaskOptions) -> dict:
     entry, why = shards.finished(folder, part.name, opts.job_sha256)
     if entry is not None:
         return {"status": "done", "why": None, "entry": entry}
-    plugin = get_worker().plugins.get(PLUGIN)
+    plugin = get_worker().plugins.get(plugin_name(opts.model_sha256))
     if plugin is None or plugin.encoder is None:
         raise getattr(plugin, "error", None) or WorkerSetupError("this worker has no albert-ref model plugin")
     inputs = corpus.read(part, opts.fields, opts.pair, opts.id_field)
@@ -193,7 +195,7 @@ def embed_corpus(inputs, output_dir, model=None, *, client=None, workers: int | 
     from albert_ref.weights import DEMO_MODEL
     from albert_ref.weights.model_file import read_model
     model = os.path.abspath(DEMO_MODEL if model is None else model)
-    model_file = read_model(model)
+    model_file = read_model(model, verify=False)   # the digest, from the stored checksums; workers verify the data
     modes = resolve_pooling(model_file.pipeline, pooling)
     pooling, normalize = ",".join(modes), resolve_normalize(model_file.pipeline, normalize)
     max_len = checked_max_seq_length(model_file.config, max_seq_length, model_file.pipeline)
@@ -211,17 +213,24 @@ def embed_corpus(inputs, output_dir, model=None, *, client=None, workers: int | 
     del model_file
     with _claimed(folder, job, restart), _client(client, workers, threads) as client:
         client.register_plugin(ModelPlugin(model, job["model_sha256"], backend, threads))
-        _run(client, parts, opts, summary, progress)
+        try:
+            entries = _run(client, parts, opts, summary, progress)
+        except KeyboardInterrupt:
+            print(f"albert-ref: stopped; the finished partitions are kept in {folder}: run the same command again "
+                  f"to resume", file=sys.stderr)
+            raise
         if summary.ok:
-            entries = [shards.finished(folder, p.name, job_sha256)[0] for p in parts]
             with atomic_output(folder / shards.MANIFEST, "w") as fh:
                 json.dump({"format": JOB_FORMAT, "version": JOB_VERSION, "job": job, "dim": summary.dim,
-                           "partitions": entries}, fh, indent=1)
+                           "partitions": [entries[p.name] for p in parts]}, fh, indent=1)
     return summary
 
 
-def _run(client, parts, opts: TaskOptions, summary: Summary, progress: bool | None) -> None:
+def _run(client, parts, opts: TaskOptions, summary: Summary, progress: bool | None) -> dict:
+    """Run every partition's task, counting in `summary`; the manifest entries of the
+    partitions that are done (checked by their tasks), by partition name."""
     from tqdm import tqdm
+    entries = {}
     run = uuid.uuid4().hex[:8]   # fresh keys: a rerun on the same client must not get the old results back
     futures = {client.submit(run_partition, p, opts, key=f"albert-ref-{p.name}-{run}", pure=False): p for p in parts}
     show = sys.stderr.isatty() if progress is None else progress
@@ -235,7 +244,7 @@ def _run(client, parts, opts: TaskOptions, summary: Summary, progress: bool | No
             except KilledWorker as exc:
                 summary.failed[part.name] = f"{part.describe()}: the workers running it died too often ({exc})"
             else:
-                entry = result["entry"]
+                entry = entries[part.name] = result["entry"]
                 summary.rows += entry["rows"]
                 summary.blank_lines += entry["blank_lines"]
                 summary.truncated_rows += entry["truncated_rows"]
@@ -251,6 +260,7 @@ def _run(client, parts, opts: TaskOptions, summary: Summary, progress: bool | No
             del futures[future]
     summary.failed = dict(sorted(summary.failed.items()))
     summary.recomputed = dict(sorted(summary.recomputed.items()))
+    return entries
 
 
 @contextlib.contextmanager
@@ -259,16 +269,8 @@ def _claimed(folder: Path, job: dict, restart: bool):
     job.json, and a different job refused unless restart. Temporaries of killed runs go."""
     if not folder.parent.is_dir():
         raise InputError(f"{folder}: no such directory {folder.parent}")
-    try:
-        folder.mkdir(exist_ok=True)
-        lock = open(folder / ".lock", "a")
-    except OSError as exc:
-        raise InputError(f"cannot write {folder}: {exc.strerror or exc}") from None
-    with lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise InputError(f"{folder} is in use by another albert-ref embedding job") from None
+    with exclusive_folder(folder, ".lock", f"cannot write {folder}",
+                          f"{folder} is in use by another albert-ref embedding job"):
         _remove_temporaries(folder)
         if restart:
             for path in [*folder.glob("part-*"), folder / shards.MANIFEST, folder / JOB_FILE]:
@@ -323,7 +325,7 @@ def local_cluster(workers: int | None = None, threads: int | None = None, **kwar
     one task at a time on `threads` kernel threads (default: its share of the cores);
     NUMBA_NUM_THREADS reaches each worker process before Numba is imported there. Prints
     the dashboard address."""
-    cores = len(os.sched_getaffinity(0))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     workers = cores if workers is None else workers
     _check_count("workers", workers)
     threads = max(1, cores // workers) if threads is None else threads

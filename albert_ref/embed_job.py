@@ -17,7 +17,6 @@ the user is told.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import glob
 import hashlib
 import io
@@ -31,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from albert_ref.atomic import atomic_output
+from albert_ref.atomic import atomic_output, exclusive_folder
 from albert_ref.embed_inputs import Inputs
 from albert_ref.embed_outputs import write_output
 from albert_ref.encoder import Encoder
@@ -104,16 +103,8 @@ class Job:
     def locked(self, restart: bool):
         """Hold FILE.partial/ for this process: a second run of the same command is refused
         rather than let two writers interleave. Leftover temporaries of a killed run go."""
-        try:
-            self.folder.mkdir(exist_ok=True)
-            lock = open(self.folder / "lock", "a")
-        except OSError as exc:
-            raise InputError(f"cannot write beside {self.output}: {exc.strerror or exc}") from None
-        with lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise InputError(f"{self.folder} is in use by another albert-ref embed writing {self.output}") from None
+        with exclusive_folder(self.folder, "lock", f"cannot write beside {self.output}",
+                              f"{self.folder} is in use by another albert-ref embed writing {self.output}"):
             leftovers = f".{glob.escape(self.output.name)}.*.tmp"  # atomic_path's temporaries of a killed run
             for stale in [*self.folder.glob(".*.tmp"), *self.output.parent.glob(leftovers)]:
                 _remove(stale)

@@ -99,7 +99,8 @@ def _read_parquet(path: Path) -> Shard:
     vectors = vector.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
     keys = table.column("id").to_pylist() if "id" in table.column_names else None
     return Shard(table.column("row").to_numpy().astype(np.int64), keys,
-                 table.column("truncated").to_numpy().astype(np.int32), vectors.reshape(len(table), vector.type.list_size))
+                 table.column("truncated").to_numpy().astype(np.int32),
+                 vectors.reshape(len(table), vector.type.list_size))
 
 
 def _read_h5(path: Path) -> Shard:

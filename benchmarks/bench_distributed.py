@@ -4,9 +4,12 @@ of benchmarks/bench_embed.py (its text generator and tokenizer, mean pooling), a
 per-task overhead of the distributed path.
 
 1. Throughput: each command runs end to end in its own process, as a user runs it
-   (process start, model load, cluster start, the job, the output), on --shape weights:
-   `embed --threads T` against `embed --cluster --workers T --threads 1`, for T = 1, 2;
-   the runs alternate, --repeat times, and the medians are printed with their ratio. The
+   (process start, model load, cluster start, the job, the output), on --shape weights
+   (random; base: ALBERT base v2's shape, as benchmarks/bench_forward.py --model base):
+   `embed --threads T` against `embed --cluster --workers T --threads 1`, for T = 1, 2,
+   on --n texts and on 1 text; the runs alternate, --repeat times. Printed: medians of
+   the end-to-end rows/s, of the fixed cost (the 1-text run: start, model loads, cluster),
+   and of the marginal rate (n - 1) / (t(n) - t(1)), the rate a long job approaches. The
    vectors of the two paths are checked to be the same bits.
 2. Per-task overhead: on the demo shape (where the model costs least), one worker embeds
    the same --overhead-rows texts as 1 partition and as --overhead-parts partitions,
@@ -33,8 +36,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_embed import POOL, SHAPES, model_file, sentences, train_tokenizer  # noqa: E402
+from bench_forward import BASE  # noqa: E402
 
+from albert_ref.config import AlbertConfig  # noqa: E402
+from albert_ref.encoder import batches  # noqa: E402
+from albert_ref.tokenizer import Tokenizer  # noqa: E402
 from albert_ref.weights.model_file import write_model  # noqa: E402
+from albert_ref.weights.random_model import random_model_file  # noqa: E402
 
 
 def timed(command: list[str]) -> float:
@@ -46,24 +54,34 @@ def timed(command: list[str]) -> float:
     return seconds
 
 
-def throughput(args, model: Path, corpus: Path, tmp: Path) -> None:
+def throughput(args, model: Path, corpus: Path, one: Path, tmp: Path) -> None:
     from albert_ref.distributed import open_embeddings
-    common = ["--model", str(model), "--input", str(corpus), "--pooling", "mean",
-              "--batch-size", str(args.batch_size)]
-    print("\n| cores | single-process embed rows/s | --cluster rows/s | cluster / single | runs |\n|---:|---:|---:|---:|---:|")
+    common = ["--model", str(model), "--pooling", "mean", "--batch-size", str(args.batch_size)]
+    rows = []
     for threads in (1, 2):
-        single, cluster = [], []
+        paths = {"single": ["--threads", str(threads)],
+                 "cluster": ["--cluster", "--workers", str(threads), "--threads", "1",
+                             "--partition-size", str(args.partition_size)]}
+        times = {(path, n): [] for path in paths for n in (args.n, 1)}
         for k in range(args.repeat):
-            single_out, cluster_out = tmp / f"single-{threads}-{k}.npy", tmp / f"cluster-{threads}-{k}"
-            single.append(timed(["embed", *common, "--threads", str(threads), "--output", str(single_out)]))
-            cluster.append(timed(["embed", *common, "--cluster", "--workers", str(threads), "--threads", "1",
-                                  "--partition-size", str(args.partition_size), "--output", str(cluster_out)]))
-            if not np.array_equal(np.load(single_out).view(np.uint32),
-                                  open_embeddings(cluster_out).vectors.view(np.uint32)):
+            for (path, n), runs in times.items():
+                out = tmp / f"{path}-{threads}-{n}-{k}{'.npy' if path == 'single' else ''}"
+                runs.append(timed(["embed", *common, *paths[path], "--input", str(corpus if n > 1 else one),
+                                   "--output", str(out)]))
+            if not np.array_equal(np.load(tmp / f"single-{threads}-{args.n}-{k}.npy").view(np.uint32),
+                                  open_embeddings(tmp / f"cluster-{threads}-{args.n}-{k}").vectors.view(np.uint32)):
                 sys.exit("the cluster's vectors differ from the single process's")
-        s, c = args.n / statistics.median(single), args.n / statistics.median(cluster)
-        print(f"| {threads} | {s:.2f} | {c:.2f} | {c / s:.3f} | {args.repeat} |")
-    print("(end to end; the vectors of both paths are the same bits)")
+        t = {key: statistics.median(runs) for key, runs in times.items()}
+        for path in paths:
+            marginal = (args.n - 1) / (t[path, args.n] - t[path, 1])
+            rows.append((threads, path, args.n / t[path, args.n], t[path, 1], marginal))
+    print("\n| cores | path | end-to-end rows/s | fixed cost s | marginal rows/s |\n|---:|---|---:|---:|---:|")
+    for threads, path, rate, fixed, marginal in rows:
+        print(f"| {threads} | {path} | {rate:.2f} | {fixed:.2f} | {marginal:.2f} |")
+    for threads in (1, 2):
+        (_, _, s, _, sm), (_, _, c, _, cm) = [r for r in rows if r[0] == threads]
+        print(f"{threads} core(s): cluster / single end to end {c / s:.3f}, marginal {cm / sm:.3f}")
+    print(f"(medians of {args.repeat}; the vectors of both paths are the same bits)")
 
 
 def overhead(args, corpus: Path, tmp: Path) -> None:
@@ -87,12 +105,16 @@ def overhead(args, corpus: Path, tmp: Path) -> None:
           f"{(many - one) / (args.overhead_parts - 1) * 1000:.1f} ms per extra task")
 
 
+def padded_rows(lengths, batch_size: int) -> int:
+    return sum(len(rows) * width for rows, width in batches(lengths, batch_size))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=64, help=f"sentences for the throughput runs, at most {POOL}")
-    parser.add_argument("--shape", choices=SHAPES, default="xlarge")
+    parser.add_argument("--n", type=int, default=256, help=f"sentences for the throughput runs, at most {POOL}")
+    parser.add_argument("--shape", choices=[*SHAPES, "base"], default="base")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--partition-size", type=int, default=8, help="lines per partition of the --cluster runs")
+    parser.add_argument("--partition-size", type=int, default=64, help="lines per partition of the --cluster runs")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--overhead-rows", type=int, default=256)
     parser.add_argument("--overhead-parts", type=int, default=64)
@@ -101,13 +123,23 @@ def main():
     spm_model = train_tokenizer(pool)
     print(f"{platform.machine()}, {os.cpu_count()} cores; {args.shape} shape; {args.n} sentences of bench_embed; "
           f"partitions of {args.partition_size} lines; batch {args.batch_size}")
+    # a partition is length-sorted and batched on its own: what that costs in padded token rows
+    lengths = Tokenizer(spm_model).encode_batch(pool[:args.n], max_seq_length=512).lengths
+    whole = padded_rows(lengths, args.batch_size)
+    parted = sum(padded_rows(lengths[a:a + args.partition_size], args.batch_size)
+                 for a in range(0, args.n, args.partition_size))
+    print(f"token rows the forward passes run: {whole} in one process, {parted} in partitions "
+          f"({parted / whole - 1:+.1%}); {sum(lengths)} real tokens")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model = tmp / f"{args.shape}.h5"
-        write_model(model, model_file(args.shape, spm_model))
-        corpus = tmp / "corpus.txt"
+        config = AlbertConfig(**BASE)
+        write_model(model, random_model_file(config, seed=0, spm_model=spm_model) if args.shape == "base"
+                    else model_file(args.shape, spm_model))
+        corpus, one = tmp / "corpus.txt", tmp / "one.txt"
         corpus.write_text("\n".join(pool[:args.n]) + "\n", encoding="utf-8")
-        throughput(args, model, corpus, tmp)
+        one.write_text(pool[0] + "\n", encoding="utf-8")
+        throughput(args, model, corpus, one, tmp)
         small = tmp / "small.txt"
         small.write_text("\n".join(pool[:args.overhead_rows]) + "\n", encoding="utf-8")
         overhead(args, small, tmp)

@@ -22,7 +22,7 @@ from hypothesis import given, settings, strategies as st
 
 from albert_ref import corpus, shards
 from albert_ref.cli import main
-from albert_ref.distributed import (PLUGIN, ModelPlugin, WorkerSetupError, embed_corpus, local_cluster,
+from albert_ref.distributed import (ModelPlugin, WorkerSetupError, embed_corpus, local_cluster,
                                     open_embeddings)
 from albert_ref.embed_inputs import from_file
 from albert_ref.errors import InputError
@@ -211,11 +211,12 @@ def test_a_worker_with_a_different_model_file_is_refused(client, tmp_path):
     demo = read_model(DEMO_MODEL)
     other = tmp_path / "other.h5"
     write_model(other, random_model_file(demo.config, seed=5, spm_model=demo.spm_model, **demo.tokenizer_options))
+    plugin = ModelPlugin(str(other), demo.digest)
     try:
         with pytest.raises(WorkerSetupError, match="has digest .* every worker must hold the same model file"):
-            client.register_plugin(ModelPlugin(str(other), demo.digest))
+            client.register_plugin(plugin)
     finally:
-        client.unregister_worker_plugin(PLUGIN)
+        client.unregister_worker_plugin(plugin.name)
 
 
 def test_a_changed_input_model_or_option_is_refused(client, corpus_dir, tmp_path):
@@ -285,3 +286,34 @@ def test_cluster_options_are_checked(argv, message, tmp_path, monkeypatch, capsy
     (tmp_path / "x.txt").write_text("a text\n")
     assert main(["embed", *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_pairs_from_tsv_and_txt_match_single_process_embed(client, tmp_path):
+    """A .tsv file (one partition: its quoted fields may span lines) and a .txt file of
+    TEXT_A<TAB>TEXT_B lines, embedded as pairs."""
+    rng = np.random.default_rng(8)
+    pairs = [(sentence(rng), sentence(rng)) for _ in range(24)]
+    table = "".join(f'"{a}\n"\t{b}\tk{i}\n' for i, (a, b) in enumerate(pairs))   # a quoted field spans lines
+    (tmp_path / "c.tsv").write_text("q\tdoc\tkey\n" + table, encoding="utf-8")
+    (tmp_path / "d.txt").write_text("".join(f"{b}\t{a}\n" for a, b in pairs), encoding="utf-8")
+    want = []
+    for name, extra in (("c.tsv", ["--field", "q", "--field", "doc"]), ("d.txt", [])):
+        out = tmp_path / f"{name}.h5"
+        assert main(["embed", "--input", str(tmp_path / name), "--output", str(out), "--pair", *extra,
+                     *CLI_OPTIONS]) == 0
+        with h5py.File(out) as f:
+            want.append((f["vectors"][:], f["ids"][:]))
+    summary = embed_corpus([tmp_path / "c.tsv", tmp_path / "d.txt"], tmp_path / "out", client=client, pair=True,
+                           fields=["q", "doc"], partition_size=5, **OPTIONS)
+    assert not summary.ok and list(summary.failed) == [f"part-{k:06d}" for k in range(1, 6)]
+    assert "--field applies to .jsonl, .csv and .tsv inputs, not to" in summary.failed["part-000001"]
+    summary = embed_corpus([tmp_path / "c.tsv"], tmp_path / "out-c", client=client, pair=True, fields=["q", "doc"],
+                           partition_size=5, **OPTIONS)
+    assert summary.ok and summary.partitions == 1
+    summary = embed_corpus([tmp_path / "d.txt"], tmp_path / "out-d", client=client, pair=True, partition_size=5,
+                           **OPTIONS)
+    assert summary.ok and summary.partitions == 5
+    for folder, (vectors, ids) in zip(("out-c", "out-d"), want):
+        emb = open_embeddings(tmp_path / folder)
+        assert_equal_bits(emb.vectors, vectors, name=folder)
+        np.testing.assert_array_equal(emb.ids, ids)
