@@ -95,8 +95,8 @@ class Service:
         if not batch_window_ms >= 0:
             raise InputError(f"batch_window_ms must be at least 0, not {batch_window_ms!r}")
         self.model_source = model
-        self.name = Path(model.path).stem if isinstance(model, Model) and model.path else \
-            Path(model).stem if not isinstance(model, Model) else "albert-ref"
+        path = model.path if isinstance(model, Model) else model
+        self.name = Path(path).stem if path else "albert-ref"  # the "model" of OpenAI responses
         self.normalize = bool(normalize)
         self.requested_max_seq_length = max_seq_length
         self.max_seq_length: int | None = None  # known once the model is loaded
@@ -230,7 +230,7 @@ def _work_route(service: Service, handle: Callable):
             return error_response(path, 503, "the model is not loaded yet" if service.batcher.error is None else
                                   f"the model failed to load: {service.batcher.error}")
         try:
-            obj = parse_body(await _read_body(request, service.payload_limit))
+            obj = await asyncio.to_thread(parse_body, await _read_body(request, service.payload_limit))
             work = asyncio.ensure_future(handle(obj))
             gone = asyncio.ensure_future(_disconnect(request))
             await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
@@ -248,7 +248,8 @@ def _work_route(service: Service, handle: Callable):
 
 def _openai_embeddings(service: Service):
     async def handle(obj):
-        inp = inputs(obj, "input", service.max_client_batch_size, service.encoder.model.config.vocab_size)
+        inp = await asyncio.to_thread(inputs, obj, "input", service.max_client_batch_size,
+                                      service.encoder.model.config.vocab_size)
         option(obj, "model", str, None)
         option(obj, "user", str, None)
         fmt = option(obj, "encoding_format", str, "float", choices=("float", "base64"))
@@ -268,7 +269,8 @@ def _openai_embeddings(service: Service):
 
 def _tei_embed(service: Service):
     async def handle(obj):
-        inp = inputs(obj, "inputs", service.max_client_batch_size, service.encoder.model.config.vocab_size)
+        inp = await asyncio.to_thread(inputs, obj, "inputs", service.max_client_batch_size,
+                                      service.encoder.model.config.vocab_size)
         normalize = option(obj, "normalize", bool, None)
         truncate = option(obj, "truncate", bool, False)
         direction = option(obj, "truncation_direction", str, "right")
@@ -290,7 +292,8 @@ def _tei_tokenize(service: Service):
         return out
 
     async def handle(obj):
-        inp = inputs(obj, "inputs", service.max_client_batch_size, service.encoder.model.config.vocab_size)
+        inp = await asyncio.to_thread(inputs, obj, "inputs", service.max_client_batch_size,
+                                      service.encoder.model.config.vocab_size)
         if not all(isinstance(item, str) for item in inp.items):
             raise invalid("inputs must be a string or a list of strings: /tokenize takes texts")
         special = option(obj, "add_special_tokens", bool, True)

@@ -3,11 +3,12 @@ into least-padding forward passes, run one at a time on one compute thread.
 
 Each text waits as its token ids. When work arrives at an idle batcher it lets a short
 collection window pass (so that requests sent together share a pass), unless a full
-batch is already waiting (texts left over from the last plan never wait again); then it plans the oldest waiting texts with the Encoder's
-planner (plan_batches, at most max_batch_requests texts and max_batch_tokens padded
-tokens a pass) and runs the planned batch that holds the oldest text, so that no text
-waits behind a stream of better-fitting ones. By the bit contract a text's vector does
-not depend on its company or padding, so the batcher may choose freely.
+batch is already waiting or the texts are left over from the last plan; then it plans
+the oldest waiting texts with the Encoder's planner (plan_batches, at most
+max_batch_requests texts and max_batch_tokens padded tokens a pass) and runs the planned
+batch that holds the oldest text, so that no text waits behind a stream of
+better-fitting ones. By the bit contract a text's vector does not depend on its company
+or padding, so the batcher may choose freely.
 
 All model work (loading, warm-up, forward passes) happens on the compute thread: numba's
 default threading layer allows one thread in parallel kernels at a time, and the event
@@ -30,7 +31,7 @@ log = logging.getLogger("albert_ref.serve")
 
 # The most waiting texts one plan considers, in multiples of max_batch_requests: enough
 # for nearly uniform batches, few enough that planning (O(pool * batch)) stays ~ms.
-POOL_BATCHES = 16
+POOL_BATCHES = 8
 
 
 @dataclass(eq=False)

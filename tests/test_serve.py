@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -12,6 +13,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -222,7 +224,7 @@ def test_concurrent_mixed_requests_get_their_solo_vectors(main, reference):
     every text is batched with different company each time it is sent."""
     mean, _ = reference
     rng = np.random.default_rng(0)
-    requests = [[POOL[i] for i in rng.choice(len(POOL), rng.integers(1, 9), replace=False)] for _ in range(96)]
+    requests = [[POOL[i] for i in rng.choice(len(POOL), rng.integers(1, 9), replace=False)] for _ in range(48)]
     before = metrics(main)
 
     def send(i):
@@ -235,7 +237,7 @@ def test_concurrent_mixed_requests_get_their_solo_vectors(main, reference):
             assert_bits_equal(got, mean[t], f"request {i}, {t[:30]!r}")
         return len(texts)
 
-    with ThreadPoolExecutor(16) as pool:
+    with ThreadPoolExecutor(12) as pool:
         sent = sum(pool.map(send, range(len(requests))))
     after = metrics(main)
     key = ("albert_ref_batch_texts_sum", ())
@@ -410,3 +412,12 @@ def test_plan_batches_respects_max_tokens(lengths, batch_size, max_tokens):
     assert [a for a, _ in plan] == [0] + [b for _, b in plan[:-1]] and plan[-1][1] == len(lengths)
     for start, stop in plan:
         assert stop - start <= batch_size and (stop - start) * lengths[start] <= max_tokens
+
+
+def test_readme_openai_example_runs(main):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("\n## Serving\n", 1)[1].split("\n## ", 1)[0]
+    (code,) = re.findall(r"```python\n(.*?)```", section, re.S)
+    scope = {}
+    exec(compile(code.replace("http://localhost:8080", main), "README.md", "exec"), scope)
+    assert len(scope["vectors"]) == 2 and len(scope["vectors"][0]) == 128
