@@ -127,14 +127,22 @@ class Service:
     def encoder(self) -> Encoder:
         return self.batcher.encoder
 
-    async def embed(self, inp, *, truncate=False, direction="right", normalize=None) -> tuple[np.ndarray, int]:
-        """Vectors for checked inputs, and the tokens they held."""
-        tokenizer = self.encoder.tokenizer
-        seqs = await asyncio.to_thread(sequences, tokenizer, inp, self.max_seq_length, truncate, direction)
-        vectors = await self.batcher.embed(seqs)
+    async def embed(self, inp, *, truncate=False, direction="right", normalize=None) -> tuple[np.ndarray, dict]:
+        """Vectors for checked inputs, and text-embeddings-inference's timing headers
+        (milliseconds) with the tokens they held."""
+        start = time.perf_counter()
+        seqs = await asyncio.to_thread(sequences, self.encoder.tokenizer, inp, self.max_seq_length, truncate,
+                                       direction)
+        tokenized = time.perf_counter()
+        done = await self.batcher.embed(seqs)
+        vectors = done.vectors
         if self.normalize if normalize is None else normalize:
             vectors = l2_normalize(vectors)
-        return vectors, sum(len(s) for s in seqs)
+        batched = time.perf_counter() - tokenized
+        headers = {"x-compute-tokens": sum(len(s) for s in seqs), "x-tokenization-time": tokenized - start,
+                   "x-inference-time": done.inference_s, "x-queue-time": max(0.0, batched - done.inference_s),
+                   "x-total-time": time.perf_counter() - start}
+        return vectors, {k: str(v if k == "x-compute-tokens" else round(1e3 * v, 3)) for k, v in headers.items()}
 
     def info(self) -> dict:
         from albert_ref import __version__
@@ -257,13 +265,14 @@ def _openai_embeddings(service: Service):
         if dimensions is not None and dimensions != service.encoder.dim:
             raise invalid(f"dimensions {dimensions} is not offered: this model's vectors have "
                           f"{service.encoder.dim} dimensions (omit the field or give {service.encoder.dim})")
-        vectors, tokens = await service.embed(inp)
+        vectors, headers = await service.embed(inp)
+        tokens = int(headers["x-compute-tokens"])
         encode = ((lambda v: base64.b64encode(v.astype("<f4").tobytes()).decode("ascii")) if fmt == "base64"
                   else (lambda v: v.tolist()))
         return JSONResponse({"object": "list", "model": service.name,
                              "data": [{"object": "embedding", "index": i, "embedding": encode(v)}
                                       for i, v in enumerate(vectors)],
-                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}, headers=headers)
     return handle
 
 
@@ -276,8 +285,9 @@ def _tei_embed(service: Service):
         direction = option(obj, "truncation_direction", str, "right")
         if direction.lower() not in TRUNCATION_DIRECTIONS:
             raise invalid(f"truncation_direction must be 'right' or 'left', not {direction!r}")
-        vectors, _ = await service.embed(inp, truncate=truncate, direction=direction.lower(), normalize=normalize)
-        return JSONResponse(vectors.tolist())
+        vectors, headers = await service.embed(inp, truncate=truncate, direction=direction.lower(),
+                                               normalize=normalize)
+        return JSONResponse(vectors.tolist(), headers=headers)
     return handle
 
 

@@ -3,21 +3,24 @@
 A base-shaped random-weight model (bench_forward's ALBERT base v2 shape: hidden 768,
 12 layers, 12 heads, intermediate 3072, embedding 128; big enough that compute
 dominates) with the tokenizer bench_embed trains, and bench_embed's sentences (the
-first --n). Steps, each bounded:
+first --n). One `albert-ref serve` child process (mean pooling, default limits) runs
+throughout; each of --rounds rounds then measures, one after the other:
 
-1. offline, in a child process: Encoder.encode of all n texts (mean pooling, batch 32,
-   length-sorted least-padding batches: what `albert-ref embed` does) -> texts/s; and the
-   forward time of each of the first --solo texts alone (median of 3), the latency floor;
-2. `albert-ref serve` in a child process; for each --clients count, that many concurrent
-   clients (asyncio + httpx, one text per request, one request at a time each) for
-   --seconds, then no new requests: throughput (texts answered / time until the last
-   answer) and latency percentiles. The 1-client run cycles through the --solo texts and
-   reports each request's latency minus its text's solo forward time: the server's cost.
+1. offline, in a child process: Encoder.encode of the n texts (mean pooling, batch 32,
+   length-sorted least-padding batches: what `albert-ref embed` does) -> texts/s;
+2. for each --clients count, that many concurrent clients (asyncio + httpx, one text per
+   request, one request at a time each, cycling through the texts) for --seconds, then
+   no new requests: throughput (texts answered / time until the last answer) and
+   latency percentiles. With one client every forward pass holds that one text, so the
+   server's x-inference-time header is the text's own forward time, and latency minus
+   it is what the server adds.
 
-Every vector the server returns is checked against the offline vector, bit for bit.
+Ratios are taken within a round (the machine's load changes between rounds) and their
+median reported. Every vector the server returns is checked against the offline
+vector, bit for bit.
 
-    python benchmarks/bench_serve.py                          # the recorded run
-    python benchmarks/bench_serve.py --shape demo --seconds 3  # a quick check
+    python benchmarks/bench_serve.py                                   # the recorded run
+    python benchmarks/bench_serve.py --shape demo --seconds 3 --rounds 1  # a quick check
 """
 from __future__ import annotations
 
@@ -52,43 +55,45 @@ def write_bench_model(path: Path, shape: str) -> None:
 
 
 def offline(args) -> None:
-    """Child process: the offline throughput and each --solo text's forward time alone."""
+    """Child process: time Encoder.encode on the texts after a warm-up; save the vectors."""
     import albert_ref
     texts = sentences()[:args.n]
     encoder = albert_ref.Encoder(args.offline, threads=args.threads)
     by_length = sorted(texts, key=len)
-    encoder.encode(by_length[:32] + by_length[-32:], pooling="mean")  # warm-up
+    encoder.encode(by_length[:32] + by_length[-32:], pooling="mean")
     start = time.perf_counter()
     vectors = encoder.encode(texts, pooling="mean", batch_size=32)
     seconds = time.perf_counter() - start
-    solo = []
-    for text in texts[:args.solo]:
-        times = []
-        for _ in range(3):
-            t0 = time.perf_counter()
-            encoder.encode([text], pooling="mean")
-            times.append(time.perf_counter() - t0)
-        solo.append(float(np.median(times)))
     np.save(args.save, vectors)
-    print(json.dumps({"seconds": seconds, "solo": solo}))
+    print(json.dumps({"seconds": seconds}))
 
 
-async def load(url: str, texts: list[str], clients: int, seconds: float, indices: range):
-    """`clients` concurrent clients for `seconds`: [(text index, latency s, vector)], elapsed s."""
+def run_offline(args, model: Path, save: Path) -> float:
+    child = subprocess.run([sys.executable, __file__, "--offline", str(model), "--save", str(save),
+                            "--n", str(args.n), "--threads", str(args.threads)], capture_output=True, text=True)
+    if child.returncode:
+        sys.exit(f"offline embed failed:\n{child.stderr}")
+    return args.n / json.loads(child.stdout.strip().splitlines()[-1])["seconds"]
+
+
+async def load(url: str, texts: list[str], clients: int, seconds: float):
+    """`clients` concurrent clients for `seconds`: [(text index, latency s, inference s,
+    vector)] and the time until the last answer."""
     import httpx
-    results, next_index = [], iter(i for _ in range(10**9) for i in indices)
+    results, counter = [], iter(range(10**9))
     start = time.perf_counter()
     deadline = start + seconds
     async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=clients)) as client:
         async def worker():
             while time.perf_counter() < deadline:
-                i = next(next_index)
+                i = next(counter) % len(texts)
                 t0 = time.perf_counter()
                 response = await client.post(f"{url}/v1/embeddings",
                                              json={"input": texts[i], "model": "bench", "encoding_format": "base64"})
                 response.raise_for_status()
                 vector = np.frombuffer(base64.b64decode(response.json()["data"][0]["embedding"]), "<f4")
-                results.append((i, time.perf_counter() - t0, vector))
+                results.append((i, time.perf_counter() - t0, float(response.headers["x-inference-time"]) / 1e3,
+                                vector))
         await asyncio.gather(*(worker() for _ in range(clients)))
     return results, time.perf_counter() - start
 
@@ -116,12 +121,12 @@ def wait_healthy(url: str, proc, timeout: float = 600) -> None:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=300, help="sentences (bench_embed's first n; default 300)")
+    parser.add_argument("--n", type=int, default=200, help="sentences (bench_embed's first n; default 200)")
     parser.add_argument("--shape", choices=SHAPES, default="base")
     parser.add_argument("--threads", type=int, default=None, help="default: every core numba sees")
-    parser.add_argument("--clients", type=int, nargs="+", default=[1, 16, 64])
-    parser.add_argument("--seconds", type=float, default=20, help="load time per --clients count (default 20)")
-    parser.add_argument("--solo", type=int, default=40, help="texts timed alone for the 1-client run (default 40)")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--seconds", type=float, default=12, help="load time per --clients count (default 12)")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--offline", help=argparse.SUPPRESS)  # child process: the model file
     parser.add_argument("--save", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -130,20 +135,11 @@ def main():
         args.threads = numba.config.NUMBA_NUM_THREADS
     if args.offline:
         return offline(args)
-    args.solo = min(args.solo, args.n)
     texts = sentences()[:args.n]
+    rounds = []
     with tempfile.TemporaryDirectory() as tmp:
         model, save = Path(tmp) / "model.h5", Path(tmp) / "offline.npy"
         write_bench_model(model, args.shape)
-        child = subprocess.run([sys.executable, __file__, "--offline", str(model), "--save", str(save),
-                                "--n", str(args.n), "--solo", str(args.solo), "--threads", str(args.threads)],
-                               capture_output=True, text=True)
-        if child.returncode:
-            sys.exit(f"offline embed failed:\n{child.stderr}")
-        off = json.loads(child.stdout.strip().splitlines()[-1])
-        reference, solo = np.load(save), np.array(off["solo"])
-        offline_rate = args.n / off["seconds"]
-
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         server = subprocess.Popen([sys.executable, "-m", "albert_ref.cli", "serve", "--model", str(model),
@@ -151,30 +147,48 @@ def main():
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             wait_healthy(url, server)
-            asyncio.run(load(url, texts, 4, 1, range(args.n)))  # warm-up: connections, first batches
-            runs = []
-            for clients in args.clients:
-                indices = range(args.solo) if clients == 1 else range(args.n)
-                runs.append((clients, *asyncio.run(load(url, texts, clients, args.seconds, indices))))
+            asyncio.run(load(url, texts, 4, 1))  # warm-up: connections, first batches
+            for _ in range(args.rounds):
+                rate = run_offline(args, model, save)
+                rounds.append((rate, [(c, *asyncio.run(load(url, texts, c, args.seconds))) for c in args.clients]))
         finally:
             server.terminate()
             server.wait(timeout=120)
+        reference = np.load(save)
 
-    tokens = [len(t.split()) for t in texts]
-    print(f"{args.n} texts ({min(tokens)}-{max(tokens)} words), {args.shape} shape, {args.threads} threads, "
-          f"{platform.machine()}; offline embed {offline_rate:.2f} texts/s ({off['seconds']:.1f} s); "
-          f"solo forward of the first {args.solo}: median {1e3 * np.median(solo):.1f} ms")
-    print("\n| clients | texts answered | texts/s | of offline | p50 ms | p99 ms | p50 latency - solo forward ms |"
-          "\n|---:|---:|---:|---:|---:|---:|---:|")
-    mismatches = 0
-    for clients, results, elapsed in runs:
-        latency = np.array([r[1] for r in results])
-        mismatches += sum(not np.array_equal(v.view(np.uint32), reference[i].view(np.uint32)) for i, _, v in results)
-        extra = (f"{1e3 * np.median([lat - solo[i] for i, lat, _ in results]):.1f}" if clients == 1 else "")
-        rate = len(results) / elapsed
-        print(f"| {clients} | {len(results)} | {rate:.2f} | {rate / offline_rate:.0%} | {1e3 * np.median(latency):.1f} "
-              f"| {1e3 * np.percentile(latency, 99):.1f} | {extra} |")
-    print(f"\nvectors differing from offline embed: {mismatches} of {sum(len(r[1]) for r in runs)}")
+    words = [len(t.split()) for t in texts]
+    print(f"{args.n} texts ({min(words)}-{max(words)} words), {args.shape} shape, {args.threads} threads, "
+          f"{platform.machine()}, {args.rounds} rounds of: offline embed, then "
+          f"{', '.join(map(str, args.clients))} client(s) for {args.seconds:g} s each")
+    print("\n| round | offline texts/s | " + " | ".join(f"{c} client(s): texts/s (of offline), p50 / p99 ms"
+                                                      for c in args.clients) + " |")
+    print("|---:|---:|" + "---:|" * len(args.clients))
+    ratios = {c: [] for c in args.clients}
+    mismatches = answered = 0
+    overhead, solo_forward, solo_latency = [], [], []
+    for r, (rate, runs) in enumerate(rounds, 1):
+        cells = []
+        for clients, results, elapsed in runs:
+            latency = np.array([x[1] for x in results])
+            served = len(results) / elapsed
+            ratios[clients].append(served / rate)
+            cells.append(f"{served:.2f} ({served / rate:.0%}), {1e3 * np.median(latency):.0f} / "
+                         f"{1e3 * np.percentile(latency, 99):.0f}")
+            answered += len(results)
+            mismatches += sum(not np.array_equal(v.view(np.uint32), reference[i].view(np.uint32))
+                              for i, _, _, v in results)
+            if clients == 1:
+                overhead += [lat - inf for _, lat, inf, _ in results]
+                solo_forward += [inf for _, _, inf, _ in results]
+                solo_latency += [lat for _, lat, _, _ in results]
+        print(f"| {r} | {rate:.2f} | " + " | ".join(cells) + " |")
+    print("\nmedian over rounds of the server's texts/s as a share of offline embed's: "
+          + ", ".join(f"{c} client(s) {np.median(v):.0%}" for c, v in ratios.items()))
+    if overhead:
+        print(f"1 client, all rounds: p50 latency {1e3 * np.median(solo_latency):.1f} ms, p50 forward of the text "
+              f"(x-inference-time) {1e3 * np.median(solo_forward):.1f} ms, p50 of latency - forward "
+              f"{1e3 * np.median(overhead):.1f} ms (p99 {1e3 * np.percentile(overhead, 99):.1f} ms)")
+    print(f"vectors differing from offline embed: {mismatches} of {answered}")
 
 
 if __name__ == "__main__":

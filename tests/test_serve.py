@@ -160,6 +160,9 @@ def test_openai_route_float_and_base64_equal_embed(main, reference, encoder):
             assert_bits_equal(decode(d["embedding"]), mean[t], f"{fmt} {t!r}")
         tokens = sum(encoder.tokenizer.encode_batch(texts).lengths)
         assert body["usage"] == {"prompt_tokens": tokens, "total_tokens": tokens}
+        assert int(response.headers["x-compute-tokens"]) == tokens
+        times = {k: float(response.headers[f"x-{k}-time"]) for k in ("tokenization", "queue", "inference", "total")}
+        assert times["inference"] > 0 and times["total"] >= times["inference"]
 
 
 def test_openai_client(main, reference, encoder):
