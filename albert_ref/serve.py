@@ -28,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from albert_ref.encoder import POOLINGS, Encoder, l2_normalize
+from albert_ref.encoder import POOLINGS, Encoder, _check_count, l2_normalize
 from albert_ref.errors import InputError
 from albert_ref.serve_batcher import BatchStats, Batcher
 from albert_ref.serve_inputs import (DEFAULTS, TRUNCATION_DIRECTIONS, RequestError, encode_whole, inputs, invalid, option,
@@ -90,8 +90,7 @@ class Service:
         for name, value in [("max_batch_tokens", max_batch_tokens), ("max_batch_requests", max_batch_requests),
                             ("max_concurrent_requests", max_concurrent_requests),
                             ("max_client_batch_size", max_client_batch_size), ("payload_limit", payload_limit)]:
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InputError(f"{name} must be a positive int, not {value!r}")
+            _check_count(name, value)
         if not batch_window_ms >= 0:
             raise InputError(f"batch_window_ms must be at least 0, not {batch_window_ms!r}")
         self.model_source = model

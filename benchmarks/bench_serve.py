@@ -10,8 +10,9 @@ throughout; each of --rounds rounds then measures, one after the other:
    length-sorted least-padding batches: what `albert-ref embed` does) -> texts/s;
 2. for each --clients count, that many concurrent clients (asyncio + httpx, one text per
    request, one request at a time each, cycling through the texts) for --seconds, then
-   no new requests: throughput (texts answered / time until the last answer) and
-   latency percentiles. With one client every forward pass holds that one text, so the
+   no new requests: throughput in the steady state (texts answered in the last two
+   thirds of the time, divided by it), latency percentiles, and from /metrics the
+   texts per forward pass and the padded share of its tokens. With one client every forward pass holds that one text, so the
    server's x-inference-time header is the text's own forward time, and latency minus
    it is what the server adds.
 
@@ -41,6 +42,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_embed import sentences, train_tokenizer  # noqa: E402
 from bench_forward import BASE  # noqa: E402
+
+from albert_ref.encoder import batches  # noqa: E402
+from albert_ref.tokenizer import Tokenizer  # noqa: E402
 
 DEMO = dict(BASE, embedding_size=32, hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
             intermediate_size=512)
@@ -78,7 +82,7 @@ def run_offline(args, model: Path, save: Path) -> float:
 
 async def load(url: str, texts: list[str], clients: int, seconds: float):
     """`clients` concurrent clients for `seconds`: [(text index, latency s, inference s,
-    vector)] and the time until the last answer."""
+    vector, answered at s)]."""
     import httpx
     results, counter = [], iter(range(10**9))
     start = time.perf_counter()
@@ -92,10 +96,26 @@ async def load(url: str, texts: list[str], clients: int, seconds: float):
                                              json={"input": texts[i], "model": "bench", "encoding_format": "base64"})
                 response.raise_for_status()
                 vector = np.frombuffer(base64.b64decode(response.json()["data"][0]["embedding"]), "<f4")
-                results.append((i, time.perf_counter() - t0, float(response.headers["x-inference-time"]) / 1e3,
-                                vector))
+                end = time.perf_counter()
+                results.append((i, end - t0, float(response.headers["x-inference-time"]) / 1e3, vector, end - start))
         await asyncio.gather(*(worker() for _ in range(clients)))
-    return results, time.perf_counter() - start
+    return results
+
+
+def passes(url: str) -> np.ndarray:
+    """Forward passes, texts and padded tokens so far, and real tokens, from /metrics."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+    samples = {s.name: s.value for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text)
+               for s in family.samples}
+    return np.array([samples["albert_ref_batch_texts_count"], samples["albert_ref_batch_texts_sum"],
+                     samples["albert_ref_batch_tokens_sum"], samples["albert_ref_tokens_total"]])
+
+
+def measure(url, texts, clients, seconds):
+    before = passes(url)
+    results = asyncio.run(load(url, texts, clients, seconds))
+    return results, passes(url) - before
 
 
 def free_port() -> int:
@@ -124,9 +144,9 @@ def main():
     parser.add_argument("--n", type=int, default=200, help="sentences (bench_embed's first n; default 200)")
     parser.add_argument("--shape", choices=SHAPES, default="base")
     parser.add_argument("--threads", type=int, default=None, help="default: every core numba sees")
-    parser.add_argument("--clients", type=int, nargs="+", default=[1, 32])
-    parser.add_argument("--seconds", type=float, default=12, help="load time per --clients count (default 12)")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 64])
+    parser.add_argument("--seconds", type=float, default=30, help="load time per --clients count (default 30)")
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--offline", help=argparse.SUPPRESS)  # child process: the model file
     parser.add_argument("--save", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -150,37 +170,40 @@ def main():
             asyncio.run(load(url, texts, 4, 1))  # warm-up: connections, first batches
             for _ in range(args.rounds):
                 rate = run_offline(args, model, save)
-                rounds.append((rate, [(c, *asyncio.run(load(url, texts, c, args.seconds))) for c in args.clients]))
+                rounds.append((rate, [(c, *measure(url, texts, c, args.seconds)) for c in args.clients]))
         finally:
             server.terminate()
             server.wait(timeout=120)
         reference = np.load(save)
 
     words = [len(t.split()) for t in texts]
+    lengths = Tokenizer(train_tokenizer(sentences())).encode_batch(texts).lengths
+    planned = [(len(rows), len(rows) * width) for rows, width in batches(lengths, 32)]
     print(f"{args.n} texts ({min(words)}-{max(words)} words), {args.shape} shape, {args.threads} threads, "
           f"{platform.machine()}, {args.rounds} rounds of: offline embed, then "
-          f"{', '.join(map(str, args.clients))} client(s) for {args.seconds:g} s each")
-    print("\n| round | offline texts/s | " + " | ".join(f"{c} client(s): texts/s (of offline), p50 / p99 ms"
-                                                      for c in args.clients) + " |")
+          f"{', '.join(map(str, args.clients))} client(s) for {args.seconds:g} s each; offline embed's passes: "
+          f"{len(texts) / len(planned):.1f} texts a pass, padding {1 - sum(lengths) / sum(p for _, p in planned):.0%}")
+    print("\n| round | offline texts/s | " + " | ".join(
+        f"{c} client(s): texts/s (of offline), p50 / p99 ms, texts a pass, padding" for c in args.clients) + " |")
     print("|---:|---:|" + "---:|" * len(args.clients))
     ratios = {c: [] for c in args.clients}
     mismatches = answered = 0
     overhead, solo_forward, solo_latency = [], [], []
     for r, (rate, runs) in enumerate(rounds, 1):
         cells = []
-        for clients, results, elapsed in runs:
+        for clients, results, (n_passes, n_texts, padded, real) in runs:
             latency = np.array([x[1] for x in results])
-            served = len(results) / elapsed
+            served = sum(args.seconds / 3 <= x[4] <= args.seconds for x in results) / (args.seconds * 2 / 3)
             ratios[clients].append(served / rate)
             cells.append(f"{served:.2f} ({served / rate:.0%}), {1e3 * np.median(latency):.0f} / "
-                         f"{1e3 * np.percentile(latency, 99):.0f}")
+                         f"{1e3 * np.percentile(latency, 99):.0f}, {n_texts / n_passes:.1f}, {1 - real / padded:.0%}")
             answered += len(results)
             mismatches += sum(not np.array_equal(v.view(np.uint32), reference[i].view(np.uint32))
-                              for i, _, _, v in results)
+                              for i, _, _, v, _ in results)
             if clients == 1:
-                overhead += [lat - inf for _, lat, inf, _ in results]
-                solo_forward += [inf for _, _, inf, _ in results]
-                solo_latency += [lat for _, lat, _, _ in results]
+                overhead += [lat - inf for _, lat, inf, _, _ in results]
+                solo_forward += [inf for _, _, inf, _, _ in results]
+                solo_latency += [lat for _, lat, _, _, _ in results]
         print(f"| {r} | {rate:.2f} | " + " | ".join(cells) + " |")
     print("\nmedian over rounds of the server's texts/s as a share of offline embed's: "
           + ", ".join(f"{c} client(s) {np.median(v):.0%}" for c, v in ratios.items()))

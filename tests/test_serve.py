@@ -424,3 +424,16 @@ def test_readme_openai_example_runs(main):
     scope = {}
     exec(compile(code.replace("http://localhost:8080", main), "README.md", "exec"), scope)
     assert len(scope["vectors"]) == 2 and len(scope["vectors"][0]) == 128
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(backend="numpy"), "bit-contract backends"),
+    (dict(pooling="sum"), "pooling must be one of"),
+    (dict(max_batch_tokens=0), "max_batch_tokens must be a positive int"),
+    (dict(payload_limit=True), "payload_limit must be a positive int"),
+    (dict(batch_window_ms=-1), "batch_window_ms must be at least 0"),
+])
+def test_create_app_refuses_bad_options(options, message):
+    from albert_ref.serve import create_app
+    with pytest.raises(albert_ref.InputError, match=message):
+        create_app(**options)
