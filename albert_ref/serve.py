@@ -126,22 +126,22 @@ class Service:
     def encoder(self) -> Encoder:
         return self.batcher.encoder
 
-    async def embed(self, inp, *, truncate=False, direction="right", normalize=None) -> tuple[np.ndarray, dict]:
-        """Vectors for checked inputs, and text-embeddings-inference's timing headers
-        (milliseconds) with the tokens they held."""
+    def tokenize(self, inp, truncate=False, direction="right") -> list[np.ndarray]:
+        return sequences(self.encoder.tokenizer, inp, self.max_seq_length, truncate, direction)
+
+    async def embed(self, seqs, prepared_s: float, normalize=None) -> tuple[np.ndarray, dict]:
+        """Vectors for tokenized inputs, and text-embeddings-inference's headers: the tokens,
+        and the milliseconds spent reading and tokenizing (prepared_s), waiting, computing."""
         start = time.perf_counter()
-        seqs = await asyncio.to_thread(sequences, self.encoder.tokenizer, inp, self.max_seq_length, truncate,
-                                       direction)
-        tokenized = time.perf_counter()
         done = await self.batcher.embed(seqs)
         vectors = done.vectors
         if self.normalize if normalize is None else normalize:
             vectors = l2_normalize(vectors)
-        batched = time.perf_counter() - tokenized
-        headers = {"x-compute-tokens": sum(len(s) for s in seqs), "x-tokenization-time": tokenized - start,
-                   "x-inference-time": done.inference_s, "x-queue-time": max(0.0, batched - done.inference_s),
-                   "x-total-time": time.perf_counter() - start}
-        return vectors, {k: str(v if k == "x-compute-tokens" else round(1e3 * v, 3)) for k, v in headers.items()}
+        batched = time.perf_counter() - start
+        ms = {"tokenization": prepared_s, "queue": max(0.0, batched - done.inference_s),
+              "inference": done.inference_s, "total": prepared_s + batched}
+        return vectors, {"x-compute-tokens": str(sum(len(s) for s in seqs)),
+                         **{f"x-{k}-time": str(round(1e3 * v, 3)) for k, v in ms.items()}}
 
     def info(self) -> dict:
         from albert_ref import __version__
@@ -228,35 +228,43 @@ async def _disconnect(request: Request) -> None:
         pass
 
 
-def _work_route(service: Service, handle: Callable):
-    """A route that reads a JSON body and does model work: 503 until ready; the answer is
-    abandoned, and its queued texts withdrawn, if the client disconnects first."""
+def _work_route(service: Service, prepare: Callable, respond: Callable):
+    """A route that reads a JSON body and does model work: 503 until ready. prepare(obj)
+    checks (and tokenizes) on a worker thread, with the JSON parsing: one hop off the
+    event loop; respond(job, seconds prepare took) answers. The answer is abandoned, and
+    its queued texts withdrawn, if the client disconnects first."""
+    def parse_and_prepare(body):
+        start = time.perf_counter()
+        job = prepare(parse_body(body))
+        return job, time.perf_counter() - start
+
+    async def work(body):
+        return await respond(*await asyncio.to_thread(parse_and_prepare, body))
+
     async def endpoint(request: Request) -> Response:
         path = request.url.path
         if not service.batcher.ready.is_set():
             return error_response(path, 503, "the model is not loaded yet" if service.batcher.error is None else
                                   f"the model failed to load: {service.batcher.error}")
         try:
-            obj = await asyncio.to_thread(parse_body, await _read_body(request, service.payload_limit))
-            work = asyncio.ensure_future(handle(obj))
+            task = asyncio.ensure_future(work(await _read_body(request, service.payload_limit)))
             gone = asyncio.ensure_future(_disconnect(request))
-            await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
-            for task in (work, gone):
-                task.cancel()
-            if not work.done() or work.cancelled():
+            await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+            for t in (task, gone):
+                t.cancel()
+            if not task.done() or task.cancelled():
                 with contextlib.suppress(BaseException):
-                    await work
+                    await task
                 return Response(status_code=DISCONNECTED)
-            return work.result()
+            return task.result()
         except RequestError as exc:
             return error_response(path, exc.status, str(exc))
     return endpoint
 
 
 def _openai_embeddings(service: Service):
-    async def handle(obj):
-        inp = await asyncio.to_thread(inputs, obj, "input", service.max_client_batch_size,
-                                      service.encoder.model.config.vocab_size)
+    def prepare(obj):
+        inp = inputs(obj, "input", service.max_client_batch_size, service.encoder.model.config.vocab_size)
         option(obj, "model", str, None)
         option(obj, "user", str, None)
         fmt = option(obj, "encoding_format", str, "float", choices=("float", "base64"))
@@ -264,7 +272,11 @@ def _openai_embeddings(service: Service):
         if dimensions is not None and dimensions != service.encoder.dim:
             raise invalid(f"dimensions {dimensions} is not offered: this model's vectors have "
                           f"{service.encoder.dim} dimensions (omit the field or give {service.encoder.dim})")
-        vectors, headers = await service.embed(inp)
+        return service.tokenize(inp), fmt
+
+    async def respond(job, prepared_s):
+        seqs, fmt = job
+        vectors, headers = await service.embed(seqs, prepared_s)
         tokens = int(headers["x-compute-tokens"])
         encode = ((lambda v: base64.b64encode(v.astype("<f4").tobytes()).decode("ascii")) if fmt == "base64"
                   else (lambda v: v.tolist()))
@@ -272,42 +284,43 @@ def _openai_embeddings(service: Service):
                              "data": [{"object": "embedding", "index": i, "embedding": encode(v)}
                                       for i, v in enumerate(vectors)],
                              "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}, headers=headers)
-    return handle
+    return prepare, respond
 
 
 def _tei_embed(service: Service):
-    async def handle(obj):
-        inp = await asyncio.to_thread(inputs, obj, "inputs", service.max_client_batch_size,
-                                      service.encoder.model.config.vocab_size)
+    def prepare(obj):
+        inp = inputs(obj, "inputs", service.max_client_batch_size, service.encoder.model.config.vocab_size)
         normalize = option(obj, "normalize", bool, None)
         truncate = option(obj, "truncate", bool, False)
         direction = option(obj, "truncation_direction", str, "right")
         if direction.lower() not in TRUNCATION_DIRECTIONS:
             raise invalid(f"truncation_direction must be 'right' or 'left', not {direction!r}")
-        vectors, headers = await service.embed(inp, truncate=truncate, direction=direction.lower(),
-                                               normalize=normalize)
+        return service.tokenize(inp, truncate, direction.lower()), normalize
+
+    async def respond(job, prepared_s):
+        seqs, normalize = job
+        vectors, headers = await service.embed(seqs, prepared_s, normalize)
         return JSONResponse(vectors.tolist(), headers=headers)
-    return handle
+    return prepare, respond
 
 
 def _tei_tokenize(service: Service):
-    def pieces(texts, special):
-        out = []
-        for i, text in enumerate(texts):
-            enc = encode_whole(service.encoder.tokenizer, text, f"inputs[{i}]")
-            ends = (0, len(enc.pieces) - 1)
-            out.append([{"id": int(i), "text": p, "special": k in ends}
-                        for k, (i, p) in enumerate(zip(enc.input_ids, enc.pieces)) if special or k not in ends])
-        return out
-
-    async def handle(obj):
-        inp = await asyncio.to_thread(inputs, obj, "inputs", service.max_client_batch_size,
-                                      service.encoder.model.config.vocab_size)
+    def prepare(obj):
+        inp = inputs(obj, "inputs", service.max_client_batch_size, service.encoder.model.config.vocab_size)
         if not all(isinstance(item, str) for item in inp.items):
             raise invalid("inputs must be a string or a list of strings: /tokenize takes texts")
         special = option(obj, "add_special_tokens", bool, True)
-        return JSONResponse(await asyncio.to_thread(pieces, inp.items, special))
-    return handle
+        out = []
+        for i, text in enumerate(inp.items):
+            enc = encode_whole(service.encoder.tokenizer, text, f"inputs[{i}]")
+            ends = (0, len(enc.pieces) - 1)
+            out.append([{"id": int(t), "text": p, "special": k in ends}
+                        for k, (t, p) in enumerate(zip(enc.input_ids, enc.pieces)) if special or k not in ends])
+        return out
+
+    async def respond(job, prepared_s):
+        return JSONResponse(job)
+    return prepare, respond
 
 
 def create_app(model=None, *, pooling: str = "pooled", normalize: bool = False, max_seq_length: int | None = None,
@@ -354,9 +367,9 @@ def create_app(model=None, *, pooling: str = "pooled", normalize: bool = False, 
         await asyncio.to_thread(service.batcher.close)
 
     app = Starlette(routes=[
-        Route("/v1/embeddings", _work_route(service, _openai_embeddings(service)), methods=["POST"]),
-        Route("/embed", _work_route(service, _tei_embed(service)), methods=["POST"]),
-        Route("/tokenize", _work_route(service, _tei_tokenize(service)), methods=["POST"]),
+        Route("/v1/embeddings", _work_route(service, *_openai_embeddings(service)), methods=["POST"]),
+        Route("/embed", _work_route(service, *_tei_embed(service)), methods=["POST"]),
+        Route("/tokenize", _work_route(service, *_tei_tokenize(service)), methods=["POST"]),
         Route("/health", health, methods=["GET"]),
         Route("/info", info, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
