@@ -12,7 +12,8 @@ throughout; each of --rounds rounds then measures, one after the other:
    request, one request at a time each, cycling through the texts) for --seconds, then
    no new requests: throughput in the steady state (texts answered in the last two
    thirds of the time, divided by it), latency percentiles, and from /metrics the
-   texts per forward pass and the padded share of its tokens. With one client every forward pass holds that one text, so the
+   texts per forward pass, the padded share of its tokens, and the share of the time
+   the compute thread spent in forward passes. With one client every forward pass holds that one text, so the
    server's x-inference-time header is the text's own forward time, and latency minus
    it is what the server adds.
 
@@ -103,19 +104,21 @@ async def load(url: str, texts: list[str], clients: int, seconds: float):
 
 
 def passes(url: str) -> np.ndarray:
-    """Forward passes, texts and padded tokens so far, and real tokens, from /metrics."""
+    """Forward passes, texts and padded tokens so far, real tokens, and seconds in forward
+    passes, from /metrics."""
     import httpx
     from prometheus_client.parser import text_string_to_metric_families
     samples = {s.name: s.value for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text)
                for s in family.samples}
     return np.array([samples["albert_ref_batch_texts_count"], samples["albert_ref_batch_texts_sum"],
-                     samples["albert_ref_batch_tokens_sum"], samples["albert_ref_tokens_total"]])
+                     samples["albert_ref_batch_tokens_sum"], samples["albert_ref_tokens_total"],
+                     samples["albert_ref_forward_seconds_sum"]])
 
 
 def measure(url, texts, clients, seconds):
-    before = passes(url)
+    before, start = passes(url), time.perf_counter()
     results = asyncio.run(load(url, texts, clients, seconds))
-    return results, passes(url) - before
+    return results, passes(url) - before, time.perf_counter() - start
 
 
 def free_port() -> int:
@@ -184,19 +187,21 @@ def main():
           f"{', '.join(map(str, args.clients))} client(s) for {args.seconds:g} s each; offline embed's passes: "
           f"{len(texts) / len(planned):.1f} texts a pass, padding {1 - sum(lengths) / sum(p for _, p in planned):.0%}")
     print("\n| round | offline texts/s | " + " | ".join(
-        f"{c} client(s): texts/s (of offline), p50 / p99 ms, texts a pass, padding" for c in args.clients) + " |")
+        f"{c} client(s): texts/s (of offline), p50 / p99 ms, texts a pass, padding, compute busy"
+        for c in args.clients) + " |")
     print("|---:|---:|" + "---:|" * len(args.clients))
     ratios = {c: [] for c in args.clients}
     mismatches = answered = 0
     overhead, solo_forward, solo_latency = [], [], []
     for r, (rate, runs) in enumerate(rounds, 1):
         cells = []
-        for clients, results, (n_passes, n_texts, padded, real) in runs:
+        for clients, results, (n_passes, n_texts, padded, real, busy), elapsed in runs:
             latency = np.array([x[1] for x in results])
             served = sum(args.seconds / 3 <= x[4] <= args.seconds for x in results) / (args.seconds * 2 / 3)
             ratios[clients].append(served / rate)
             cells.append(f"{served:.2f} ({served / rate:.0%}), {1e3 * np.median(latency):.0f} / "
-                         f"{1e3 * np.percentile(latency, 99):.0f}, {n_texts / n_passes:.1f}, {1 - real / padded:.0%}")
+                         f"{1e3 * np.percentile(latency, 99):.0f}, {n_texts / n_passes:.1f}, {1 - real / padded:.0%}, "
+                         f"{busy / elapsed:.0%}")
             answered += len(results)
             mismatches += sum(not np.array_equal(v.view(np.uint32), reference[i].view(np.uint32))
                               for i, _, _, v, _ in results)
