@@ -28,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from albert_ref.encoder import Encoder, l2_normalize, resolve_pooling
+from albert_ref.encoder import Encoder, _check_count, l2_normalize, resolve_pooling
 from albert_ref.errors import InputError
 from albert_ref.ops import CONTRACT_BACKENDS
 from albert_ref.serve_batcher import BatchStats, Batcher
@@ -89,13 +89,12 @@ class Service:
         for name, value in [("max_batch_tokens", max_batch_tokens), ("max_batch_requests", max_batch_requests),
                             ("max_concurrent_requests", max_concurrent_requests),
                             ("max_client_batch_size", max_client_batch_size), ("payload_limit", payload_limit)]:
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InputError(f"{name} must be a positive int, not {value!r}")
+            _check_count(name, value)
         if not batch_window_ms >= 0:
             raise InputError(f"batch_window_ms must be at least 0, not {batch_window_ms!r}")
         self.model_source = model
-        self.name = Path(model.path).stem if isinstance(model, Model) and model.path else \
-            Path(model).stem if not isinstance(model, Model) else "albert-ref"
+        path = model.path if isinstance(model, Model) else model
+        self.name = Path(path).stem if path else "albert-ref"  # the "model" of OpenAI responses
         self.normalize = normalize  # None until the model is loaded: then the pipeline's choice
         self.requested_max_seq_length = max_seq_length
         self.max_seq_length: int | None = None  # known once the model is loaded
@@ -127,14 +126,22 @@ class Service:
     def encoder(self) -> Encoder:
         return self.batcher.encoder
 
-    async def embed(self, inp, *, truncate=False, direction="right", normalize=None) -> tuple[np.ndarray, int]:
-        """Vectors for checked inputs, and the tokens they held."""
-        tokenizer = self.encoder.tokenizer
-        seqs = await asyncio.to_thread(sequences, tokenizer, inp, self.max_seq_length, truncate, direction)
-        vectors = await self.batcher.embed(seqs)
+    def tokenize(self, inp, truncate=False, direction="right") -> list[np.ndarray]:
+        return sequences(self.encoder.tokenizer, inp, self.max_seq_length, truncate, direction)
+
+    async def embed(self, seqs, prepared_s: float, normalize=None) -> tuple[np.ndarray, dict]:
+        """Vectors for tokenized inputs, and text-embeddings-inference's headers: the tokens,
+        and the milliseconds spent reading and tokenizing (prepared_s), waiting, computing."""
+        start = time.perf_counter()
+        done = await self.batcher.embed(seqs)
+        vectors = done.vectors
         if self.normalize if normalize is None else normalize:
             vectors = l2_normalize(vectors)
-        return vectors, sum(len(s) for s in seqs)
+        batched = time.perf_counter() - start
+        ms = {"tokenization": prepared_s, "queue": max(0.0, batched - done.inference_s),
+              "inference": done.inference_s, "total": prepared_s + batched}
+        return vectors, {"x-compute-tokens": str(sum(len(s) for s in seqs)),
+                         **{f"x-{k}-time": str(round(1e3 * v, 3)) for k, v in ms.items()}}
 
     def info(self) -> dict:
         from albert_ref import __version__
@@ -222,33 +229,42 @@ async def _disconnect(request: Request) -> None:
         pass
 
 
-def _work_route(service: Service, handle: Callable):
-    """A route that reads a JSON body and does model work: 503 until ready; the answer is
-    abandoned, and its queued texts withdrawn, if the client disconnects first."""
+def _work_route(service: Service, prepare: Callable, respond: Callable):
+    """A route that reads a JSON body and does model work: 503 until ready. prepare(obj)
+    checks (and tokenizes) on a worker thread, with the JSON parsing: one hop off the
+    event loop; respond(job, seconds prepare took) answers. The answer is abandoned, and
+    its queued texts withdrawn, if the client disconnects first."""
+    def parse_and_prepare(body):
+        start = time.perf_counter()
+        job = prepare(parse_body(body))
+        return job, time.perf_counter() - start
+
+    async def work(body):
+        return await respond(*await asyncio.to_thread(parse_and_prepare, body))
+
     async def endpoint(request: Request) -> Response:
         path = request.url.path
         if not service.batcher.ready.is_set():
             return error_response(path, 503, "the model is not loaded yet" if service.batcher.error is None else
                                   f"the model failed to load: {service.batcher.error}")
         try:
-            obj = parse_body(await _read_body(request, service.payload_limit))
-            work = asyncio.ensure_future(handle(obj))
+            task = asyncio.ensure_future(work(await _read_body(request, service.payload_limit)))
             gone = asyncio.ensure_future(_disconnect(request))
-            await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
-            for task in (work, gone):
-                task.cancel()
-            if not work.done() or work.cancelled():
+            await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+            for t in (task, gone):
+                t.cancel()
+            if not task.done() or task.cancelled():
                 with contextlib.suppress(BaseException):
-                    await work
+                    await task
                 return Response(status_code=DISCONNECTED)
-            return work.result()
+            return task.result()
         except RequestError as exc:
             return error_response(path, exc.status, str(exc))
     return endpoint
 
 
 def _openai_embeddings(service: Service):
-    async def handle(obj):
+    def prepare(obj):
         inp = inputs(obj, "input", service.max_client_batch_size, service.encoder.model.config.vocab_size)
         option(obj, "model", str, None)
         option(obj, "user", str, None)
@@ -257,46 +273,55 @@ def _openai_embeddings(service: Service):
         if dimensions is not None and dimensions != service.batcher.dim:
             raise invalid(f"dimensions {dimensions} is not offered: this model's vectors have "
                           f"{service.batcher.dim} dimensions (omit the field or give {service.batcher.dim})")
-        vectors, tokens = await service.embed(inp)
+        return service.tokenize(inp), fmt
+
+    async def respond(job, prepared_s):
+        seqs, fmt = job
+        vectors, headers = await service.embed(seqs, prepared_s)
+        tokens = int(headers["x-compute-tokens"])
         encode = ((lambda v: base64.b64encode(v.astype("<f4").tobytes()).decode("ascii")) if fmt == "base64"
                   else (lambda v: v.tolist()))
         return JSONResponse({"object": "list", "model": service.name,
                              "data": [{"object": "embedding", "index": i, "embedding": encode(v)}
                                       for i, v in enumerate(vectors)],
-                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
-    return handle
+                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}, headers=headers)
+    return prepare, respond
 
 
 def _tei_embed(service: Service):
-    async def handle(obj):
+    def prepare(obj):
         inp = inputs(obj, "inputs", service.max_client_batch_size, service.encoder.model.config.vocab_size)
         normalize = option(obj, "normalize", bool, None)
         truncate = option(obj, "truncate", bool, False)
         direction = option(obj, "truncation_direction", str, "right")
         if direction.lower() not in TRUNCATION_DIRECTIONS:
             raise invalid(f"truncation_direction must be 'right' or 'left', not {direction!r}")
-        vectors, _ = await service.embed(inp, truncate=truncate, direction=direction.lower(), normalize=normalize)
-        return JSONResponse(vectors.tolist())
-    return handle
+        return service.tokenize(inp, truncate, direction.lower()), normalize
+
+    async def respond(job, prepared_s):
+        seqs, normalize = job
+        vectors, headers = await service.embed(seqs, prepared_s, normalize)
+        return JSONResponse(vectors.tolist(), headers=headers)
+    return prepare, respond
 
 
 def _tei_tokenize(service: Service):
-    def pieces(texts, special):
-        out = []
-        for i, text in enumerate(texts):
-            enc = encode_whole(service.encoder.tokenizer, text, f"inputs[{i}]")
-            ends = (0, len(enc.pieces) - 1)
-            out.append([{"id": int(i), "text": p, "special": k in ends}
-                        for k, (i, p) in enumerate(zip(enc.input_ids, enc.pieces)) if special or k not in ends])
-        return out
-
-    async def handle(obj):
+    def prepare(obj):
         inp = inputs(obj, "inputs", service.max_client_batch_size, service.encoder.model.config.vocab_size)
         if not all(isinstance(item, str) for item in inp.items):
             raise invalid("inputs must be a string or a list of strings: /tokenize takes texts")
         special = option(obj, "add_special_tokens", bool, True)
-        return JSONResponse(await asyncio.to_thread(pieces, inp.items, special))
-    return handle
+        out = []
+        for i, text in enumerate(inp.items):
+            enc = encode_whole(service.encoder.tokenizer, text, f"inputs[{i}]")
+            ends = (0, len(enc.pieces) - 1)
+            out.append([{"id": int(t), "text": p, "special": k in ends}
+                        for k, (t, p) in enumerate(zip(enc.input_ids, enc.pieces)) if special or k not in ends])
+        return out
+
+    async def respond(job, prepared_s):
+        return JSONResponse(job)
+    return prepare, respond
 
 
 def create_app(model=None, *, pooling: str | None = None, normalize: bool | None = None, max_seq_length: int | None = None,
@@ -343,9 +368,9 @@ def create_app(model=None, *, pooling: str | None = None, normalize: bool | None
         await asyncio.to_thread(service.batcher.close)
 
     app = Starlette(routes=[
-        Route("/v1/embeddings", _work_route(service, _openai_embeddings(service)), methods=["POST"]),
-        Route("/embed", _work_route(service, _tei_embed(service)), methods=["POST"]),
-        Route("/tokenize", _work_route(service, _tei_tokenize(service)), methods=["POST"]),
+        Route("/v1/embeddings", _work_route(service, *_openai_embeddings(service)), methods=["POST"]),
+        Route("/embed", _work_route(service, *_tei_embed(service)), methods=["POST"]),
+        Route("/tokenize", _work_route(service, *_tei_tokenize(service)), methods=["POST"]),
         Route("/health", health, methods=["GET"]),
         Route("/info", info, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),

@@ -3,11 +3,12 @@ into least-padding forward passes, run one at a time on one compute thread.
 
 Each text waits as its token ids. When work arrives at an idle batcher it lets a short
 collection window pass (so that requests sent together share a pass), unless a full
-batch is already waiting (texts left over from the last plan never wait again); then it plans the oldest waiting texts with the Encoder's
-planner (plan_batches, at most max_batch_requests texts and max_batch_tokens padded
-tokens a pass) and runs the planned batch that holds the oldest text, so that no text
-waits behind a stream of better-fitting ones. By the bit contract a text's vector does
-not depend on its company or padding, so the batcher may choose freely.
+batch is already waiting or the texts are left over from the last plan; then it plans
+the oldest waiting texts with the Encoder's planner (plan_batches, at most
+max_batch_requests texts and max_batch_tokens padded tokens a pass) and runs the planned
+batch that holds the oldest text, so that no text waits behind a stream of
+better-fitting ones. By the bit contract a text's vector does not depend on its company
+or padding, so the batcher may choose freely.
 
 All model work (loading, warm-up, forward passes) happens on the compute thread: numba's
 default threading layer allows one thread in parallel kernels at a time, and the event
@@ -30,7 +31,7 @@ log = logging.getLogger("albert_ref.serve")
 
 # The most waiting texts one plan considers, in multiples of max_batch_requests: enough
 # for nearly uniform batches, few enough that planning (O(pool * batch)) stays ~ms.
-POOL_BATCHES = 16
+POOL_BATCHES = 8
 
 
 @dataclass(eq=False)
@@ -41,14 +42,16 @@ class _Ticket:
     future: asyncio.Future
     vectors: np.ndarray
     remaining: int
+    inference: float = 0.0  # seconds of the forward passes that held its texts
 
-    def fill(self, rows, vectors) -> None:  # on the event loop
+    def fill(self, rows, vectors, seconds) -> None:  # on the event loop
         if self.future.done():  # cancelled: the client went away
             return
         self.vectors[rows] = vectors
         self.remaining -= len(rows)
+        self.inference += seconds
         if not self.remaining:
-            self.future.set_result(self.vectors)
+            self.future.set_result(Embedded(self.vectors, self.inference))
 
     def fail(self, exc) -> None:  # on the event loop
         if not self.future.done():
@@ -61,6 +64,14 @@ class _Text:
     ticket: _Ticket
     row: int
     queued_at: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """A request's vectors, and the time its forward passes took (its share of the wait)."""
+
+    vectors: np.ndarray  # float32 [texts, dim], unnormalized
+    inference_s: float
 
 
 @dataclass(frozen=True)
@@ -109,9 +120,9 @@ class Batcher:
     def start(self) -> None:
         self._thread.start()
 
-    async def embed(self, sequences: list[np.ndarray]) -> np.ndarray:
-        """float32 [len(sequences), dim], unnormalized, for token id sequences ([CLS] ...
-        [SEP], each at most the server's max_seq_length, which max_batch_tokens covers).
+    async def embed(self, sequences: list[np.ndarray]) -> Embedded:
+        """The vectors of token id sequences ([CLS] ... [SEP], each at most the server's
+        max_seq_length, which max_batch_tokens covers), in order.
         Cancelling the awaiting task (a client that went away) withdraws its waiting texts."""
         loop = asyncio.get_running_loop()
         ticket = _Ticket(loop, loop.create_future(), np.empty((len(sequences), self.dim), np.float32),
@@ -233,4 +244,4 @@ class Batcher:
             entry[1].append(t.row)
             entry[2].append(i)
         for ticket, rows, picks in by_ticket.values():
-            ticket.loop.call_soon_threadsafe(ticket.fill, rows, vectors[picks])
+            ticket.loop.call_soon_threadsafe(ticket.fill, rows, vectors[picks], seconds)

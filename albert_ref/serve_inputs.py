@@ -18,7 +18,7 @@ TRUNCATION_DIRECTIONS = ("right", "left")
 
 # The server's limits, as text-embeddings-inference sets its own (--max-batch-requests:
 # the Encoder's batch size).
-DEFAULTS = dict(max_batch_tokens=16384, max_batch_requests=32, batch_window_ms=2.0, max_concurrent_requests=512,
+DEFAULTS = dict(max_batch_tokens=16384, max_batch_requests=32, batch_window_ms=1.0, max_concurrent_requests=512,
                 max_client_batch_size=32, payload_limit=2_000_000)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -12,6 +13,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -154,6 +156,9 @@ def test_openai_route_float_and_base64_equal_embed(main, reference, encoder):
             assert_equal_bits(decode(d["embedding"]), mean[t], name=f"{fmt} {t!r}")
         tokens = sum(encoder.tokenizer.encode_batch(texts).lengths)
         assert body["usage"] == {"prompt_tokens": tokens, "total_tokens": tokens}
+        assert int(response.headers["x-compute-tokens"]) == tokens
+        times = {k: float(response.headers[f"x-{k}-time"]) for k in ("tokenization", "queue", "inference", "total")}
+        assert times["inference"] > 0 and times["total"] >= times["inference"]
 
 
 def test_openai_client(main, reference, encoder):
@@ -218,7 +223,7 @@ def test_concurrent_mixed_requests_get_their_solo_vectors(main, reference):
     every text is batched with different company each time it is sent."""
     mean, _ = reference
     rng = np.random.default_rng(0)
-    requests = [[POOL[i] for i in rng.choice(len(POOL), rng.integers(1, 9), replace=False)] for _ in range(96)]
+    requests = [[POOL[i] for i in rng.choice(len(POOL), rng.integers(1, 9), replace=False)] for _ in range(48)]
     before = metrics(main)
 
     def send(i):
@@ -231,7 +236,7 @@ def test_concurrent_mixed_requests_get_their_solo_vectors(main, reference):
             assert_equal_bits(got, mean[t], name=f"request {i}, {t[:30]!r}")
         return len(texts)
 
-    with ThreadPoolExecutor(16) as pool:
+    with ThreadPoolExecutor(12) as pool:
         sent = sum(pool.map(send, range(len(requests))))
     after = metrics(main)
     key = ("albert_ref_batch_texts_sum", ())
@@ -426,3 +431,25 @@ def test_plan_batches_respects_max_tokens(lengths, batch_size, max_tokens):
     assert [a for a, _ in plan] == [0] + [b for _, b in plan[:-1]] and plan[-1][1] == len(lengths)
     for start, stop in plan:
         assert stop - start <= batch_size and (stop - start) * lengths[start] <= max_tokens
+
+
+def test_readme_openai_example_runs(main):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("\n## Serving\n", 1)[1].split("\n## ", 1)[0]
+    (code,) = re.findall(r"```python\n(.*?)```", section, re.S)
+    scope = {}
+    exec(compile(code.replace("http://localhost:8080", main), "README.md", "exec"), scope)
+    assert len(scope["vectors"]) == 2 and len(scope["vectors"][0]) == 128
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(backend="numpy"), "bit-contract backends"),
+    (dict(pooling="sum"), "pooling must be one of"),
+    (dict(max_batch_tokens=0), "max_batch_tokens must be a positive int"),
+    (dict(payload_limit=True), "payload_limit must be a positive int"),
+    (dict(batch_window_ms=-1), "batch_window_ms must be at least 0"),
+])
+def test_create_app_refuses_bad_options(options, message):
+    from albert_ref.serve import create_app
+    with pytest.raises(albert_ref.InputError, match=message):
+        create_app(**options)
