@@ -11,26 +11,28 @@ import sys
 import threading
 import time
 
-import dask
 import h5py
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
-from distributed import Client, LocalCluster
 from hypothesis import given, settings, strategies as st
 
-from albert_ref import corpus, shards
-from albert_ref.cli import main
-from albert_ref.distributed import (ModelPlugin, WorkerSetupError, embed_corpus, local_cluster,
+from peers import require_peers
+
+dask, _, pa = require_peers("dask", "distributed", "pyarrow", extra="dask")
+import pyarrow.parquet as pq  # noqa: E402
+from distributed import Client, LocalCluster  # noqa: E402
+
+from albert_ref import corpus, shards  # noqa: E402
+from albert_ref.cli import main  # noqa: E402
+from albert_ref.distributed import (ModelPlugin, WorkerSetupError, embed_corpus, local_cluster,  # noqa: E402
                                     open_embeddings)
-from albert_ref.embed_inputs import from_file
-from albert_ref.errors import InputError
-from albert_ref.weights import DEMO_MODEL
-from albert_ref.weights.model_file import read_model, write_model
-from albert_ref.weights.random_model import random_model_file
-from albert_ref.testing import assert_equal_bits
-from model_util import write_pipeline_model
+from albert_ref.embed_inputs import from_file  # noqa: E402
+from albert_ref.errors import InputError  # noqa: E402
+from albert_ref.weights import DEMO_MODEL  # noqa: E402
+from albert_ref.weights.model_file import read_model, write_model  # noqa: E402
+from albert_ref.weights.random_model import random_model_file  # noqa: E402
+from albert_ref.testing import assert_equal_bits  # noqa: E402
+from model_util import write_pipeline_model  # noqa: E402
 
 WORDS = "the of and to in is was for on that with city music world river house café naïve 1,999".split()
 OPTIONS = dict(pooling="mean", max_seq_length=48, batch_size=4)

@@ -20,9 +20,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-httpx = pytest.importorskip("httpx")
-openai = pytest.importorskip("openai")
-uvicorn = pytest.importorskip("uvicorn")
+from peers import require_peers  # noqa: E402
+
+httpx, openai, uvicorn = require_peers("httpx", "openai", "uvicorn", extra="serve")
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 import albert_ref  # noqa: E402
