@@ -39,7 +39,7 @@ def add_serve_parser(sub) -> None:
                    help="scale each vector to unit L2 norm (default: as the model's pipeline says, else not; "
                         "/embed's \"normalize\" overrides it per request)")
     p.add_argument("--max-seq-length", type=int, default=None,
-                   help="longest input in tokens (default: the model's maximum); longer ones are refused "
+                   help="longest input in tokens (default: the model's pipeline's, else its maximum); longer ones are refused "
                         "unless /embed asks to truncate")
     p.add_argument("--max-batch-tokens", type=int, default=DEFAULTS["max_batch_tokens"],
                    help="most padded tokens (texts x longest) in one forward pass (default %(default)s)")
