@@ -36,7 +36,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_embed import POOL, SHAPES, model_file, sentences, train_tokenizer  # noqa: E402
-from bench_forward import BASE  # noqa: E402
+from bench_forward import model_fields  # noqa: E402
 
 from albert_ref.config import AlbertConfig  # noqa: E402
 from albert_ref.encoder import batches  # noqa: E402
@@ -133,7 +133,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model = tmp / f"{args.shape}.h5"
-        config = AlbertConfig(**BASE)
+        config = AlbertConfig(**model_fields("base"))
         write_model(model, random_model_file(config, seed=0, spm_model=spm_model) if args.shape == "base"
                     else model_file(args.shape, spm_model))
         corpus, one = tmp / "corpus.txt", tmp / "one.txt"

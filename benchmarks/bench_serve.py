@@ -42,11 +42,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_embed import sentences, train_tokenizer  # noqa: E402
-from bench_forward import BASE  # noqa: E402
+from bench_forward import model_fields  # noqa: E402
 
 from albert_ref.encoder import batches  # noqa: E402
 from albert_ref.tokenizer import Tokenizer  # noqa: E402
 
+BASE = model_fields("base")
 DEMO = dict(BASE, embedding_size=32, hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
             intermediate_size=512)
 SHAPES = {"base": BASE, "demo": DEMO}
