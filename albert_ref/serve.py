@@ -324,7 +324,8 @@ def _tei_tokenize(service: Service):
     return prepare, respond
 
 
-def create_app(model=None, *, pooling: str | None = None, normalize: bool | None = None, max_seq_length: int | None = None,
+def create_app(model=None, *, pooling: str | None = None, normalize: bool | None = None,
+               max_seq_length: int | None = None,
                backend: str = "cpu", threads: int | None = None, max_batch_tokens: int = DEFAULTS["max_batch_tokens"],
                max_batch_requests: int = DEFAULTS["max_batch_requests"],
                batch_window_ms: float = DEFAULTS["batch_window_ms"],

@@ -26,6 +26,16 @@ examples:
 """
 
 
+LIMIT_HELP = {
+    "max_batch_tokens": "most padded tokens (texts x longest) in one forward pass",
+    "max_batch_requests": "most texts in one forward pass",
+    "batch_window_ms": "how long an idle server waits for company before running a text",
+    "max_concurrent_requests": "requests served at once; more get 429 with Retry-After",
+    "max_client_batch_size": "most inputs in one request; more get 422",
+    "payload_limit": "largest request body in bytes; larger get 413",
+}
+
+
 def add_serve_parser(sub) -> None:
     from albert_ref.serve_inputs import DEFAULTS
     p = sub.add_parser("serve", help="an HTTP embedding server (OpenAI and text-embeddings-inference routes)",
@@ -39,20 +49,11 @@ def add_serve_parser(sub) -> None:
                    help="scale each vector to unit L2 norm (default: as the model's pipeline says, else not; "
                         "/embed's \"normalize\" overrides it per request)")
     p.add_argument("--max-seq-length", type=int, default=None,
-                   help="longest input in tokens (default: the model's pipeline's, else its maximum); longer ones are refused "
-                        "unless /embed asks to truncate")
-    p.add_argument("--max-batch-tokens", type=int, default=DEFAULTS["max_batch_tokens"],
-                   help="most padded tokens (texts x longest) in one forward pass (default %(default)s)")
-    p.add_argument("--max-batch-requests", type=int, default=DEFAULTS["max_batch_requests"],
-                   help="most texts in one forward pass (default %(default)s)")
-    p.add_argument("--batch-window-ms", type=float, default=DEFAULTS["batch_window_ms"],
-                   help="how long an idle server waits for company before running a text (default %(default)s)")
-    p.add_argument("--max-concurrent-requests", type=int, default=DEFAULTS["max_concurrent_requests"],
-                   help="requests served at once; more get 429 with Retry-After (default %(default)s)")
-    p.add_argument("--max-client-batch-size", type=int, default=DEFAULTS["max_client_batch_size"],
-                   help="most inputs in one request; more get 422 (default %(default)s)")
-    p.add_argument("--payload-limit", type=int, default=DEFAULTS["payload_limit"],
-                   help="largest request body in bytes; larger get 413 (default %(default)s)")
+                   help="longest input in tokens (default: the model's pipeline's, else its maximum); "
+                        "longer ones are refused unless /embed asks to truncate")
+    for name, help in LIMIT_HELP.items():  # the server's limits, defaulting as create_app does
+        p.add_argument("--" + name.replace("_", "-"), type=type(DEFAULTS[name]), default=DEFAULTS[name],
+                       help=help + " (default %(default)s)")
     from albert_ref.cli_options import add_backend_options
     add_backend_options(p)
     p.set_defaults(func=run_serve)
@@ -88,11 +89,8 @@ def run_serve(args) -> None:
         server.should_exit = True
 
     app = create_app(model, pooling=args.pooling, normalize=args.normalize, max_seq_length=args.max_seq_length,
-                     backend=args.backend, threads=args.threads, max_batch_tokens=args.max_batch_tokens,
-                     max_batch_requests=args.max_batch_requests, batch_window_ms=args.batch_window_ms,
-                     max_concurrent_requests=args.max_concurrent_requests,
-                     max_client_batch_size=args.max_client_batch_size, payload_limit=args.payload_limit,
-                     on_fatal=on_fatal)
+                     backend=args.backend, threads=args.threads, on_fatal=on_fatal,
+                     **{name: getattr(args, name) for name in LIMIT_HELP})
     server = Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="info", access_log=False))
     # uvicorn re-raises the SIGTERM it handled once it has shut down, under the handler
     # found at start: make that one a no-op, so that a graceful stop exits 0.
