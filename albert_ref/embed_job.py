@@ -225,7 +225,8 @@ def run_job(encoder: Encoder, inputs: Inputs, settings: Settings, output: Path, 
             meta: dict | None = None) -> np.ndarray:
     """Embed `inputs` into `output`, resuming a previous run of the same job. Returns the
     word pieces dropped per row, for the truncation report."""
-    job = Job(output, job_description(encoder, inputs, settings, output), inputs.ids, encoder.dim)
+    job = Job(output, job_description(encoder, inputs, settings, output), inputs.ids,
+              encoder.output_dim(settings.pooling))
     with job.locked(restart):
         todo = [k for k in range(job.chunks) if not job.usable(k)]
         finished = job.rows - sum(job.size(k) for k in todo)
@@ -253,7 +254,7 @@ def run_job(encoder: Encoder, inputs: Inputs, settings: Settings, output: Path, 
             for ids, vectors, truncated in job.parts():
                 cut.append(truncated)
                 yield ids, vectors, truncated
-        write_output(output, parts(), job.rows, encoder.output_dim(settings.pooling),
+        write_output(output, parts(), job.rows, job.dim,
                      {**job.description, **(meta or {})}, keys=inputs.keys)
         job.discard()
     return np.concatenate(cut)

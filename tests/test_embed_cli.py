@@ -129,6 +129,17 @@ def test_id_field_is_kept_beside_each_vector(capsys, tmp_path, encoder, fmt):
         assert got.tobytes() == want
 
 
+def test_output_job_with_a_pooling_of_another_width(capsys, tmp_path, encoder):
+    """An --output job whose pooling is wider than the default (two modes concatenated):
+    its chunks are checked against that width, not the default pooling's."""
+    out_path = tmp_path / "out.h5"
+    code, out, err = embed(capsys, "--pooling", "mean,cls", "-o", out_path, *TEXTS)
+    assert code == 0, err
+    with h5py.File(out_path) as f:
+        got = f["vectors"][:]
+    assert got.shape == (5, 256) and got.tobytes() == encoder.encode(TEXTS, pooling="mean,cls").tobytes()
+
+
 def test_id_field_is_part_of_the_job():
     # a resumed job must not mix chunks embedded under different ids
     encoder = albert_ref.Encoder(DEMO_MODEL)
