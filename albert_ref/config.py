@@ -14,9 +14,9 @@ from typing import Any
 
 from .errors import ConfigError
 
-# Every activation a model may use, by its canonical name: the one registry. The kernels
-# know them by their position here (kernels/gemm.py ACT_CODES); every backend implements
-# each (tests/test_conformance.py runs them all).
+# Every activation a model may use, by its canonical name: the one registry. Each backend
+# maps these names to its own implementation (kernels/gemm.py ACT_CODES, numpy_backend,
+# cuda_gemm); tests/test_conformance.py holds every table to this list.
 ACTIVATIONS = ("linear", "gelu_tanh", "gelu_erf", "relu", "tanh")
 
 _ORIGINAL_ACTIVATIONS = {"gelu": "gelu_tanh", "relu": "relu", "tanh": "tanh", "linear": "linear"}

@@ -10,6 +10,7 @@ the input a job was made from.
 """
 from __future__ import annotations
 
+import collections
 import glob
 import hashlib
 import os
@@ -20,6 +21,7 @@ import numpy as np
 
 from albert_ref.embed_inputs import INPUT_FORMATS, Inputs, parse
 from albert_ref.errors import InputError
+from albert_ref.weights.model_file import file_sha256
 
 CORPUS_FORMATS = (*INPUT_FORMATS, "parquet")
 _SUFFIXES = {".txt": "txt", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv",
@@ -66,7 +68,7 @@ def expand(inputs, input_format: str | None = None) -> list[SourceFile]:
         paths += [os.path.abspath(p) for p in matches]
     if not paths:
         raise InputError("no input files given")
-    twice = sorted({p for p in paths if paths.count(p) > 1})
+    twice = sorted(p for p, n in collections.Counter(paths).items() if n > 1)
     if twice:
         raise InputError(f"{twice[0]}: named more than once among the inputs")
     return [SourceFile(p, _format(p, input_format), 0, "") for p in paths]
@@ -91,7 +93,7 @@ def partitions(files: list[SourceFile], size: int) -> tuple[list[SourceFile], li
             if f.fmt in ("txt", "jsonl"):
                 digest, nbytes, ranges = _line_ranges(f.path, size)
             else:
-                digest, nbytes = _file_digest(f.path)
+                digest, nbytes = file_sha256(f.path), os.path.getsize(f.path)
                 ranges = _parquet_ranges(f.path, size) if f.fmt == "parquet" else [(0, -1, 0, -1)]
         except OSError as exc:
             raise InputError(f"cannot read {f.path}: {exc.strerror or exc}") from None
@@ -99,15 +101,6 @@ def partitions(files: list[SourceFile], size: int) -> tuple[list[SourceFile], li
         cuts += [(f, r) for r in ranges]
     parts = [Partition(f"part-{k:06d}", f.path, f.fmt, *r) for k, (f, r) in enumerate(cuts)]
     return scanned, parts
-
-
-def _file_digest(path: str) -> tuple[str, int]:
-    h, n = hashlib.sha256(), 0
-    with open(path, "rb") as fh:
-        while block := fh.read(_BLOCK):
-            h.update(block)
-            n += len(block)
-    return h.hexdigest(), n
 
 
 def _line_ranges(path: str, size: int):

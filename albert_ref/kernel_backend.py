@@ -173,11 +173,7 @@ class KernelOps:
         ids, segs = embedding_indices(input_ids, segment_ids, word, token_type, position)
         B, S = ids.shape
         out = self._workspace.empty((B, S, word.shape[1]))
-        if self.fast:
-            self._threads()
-            _emb.embed_fast(ids, segs, word, token_type, position, out)
-        else:
-            _emb.embed_ref(ids, segs, word, token_type, position, out)
+        _emb.embed_ref(ids, segs, word, token_type, position, out)  # one serial gather serves both backends
         return out
 
     def layer_norm(self, x, residual, gamma, beta, eps):

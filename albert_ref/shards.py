@@ -11,7 +11,6 @@ file) is computed again. When every partition is done, manifest.json lists them 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ import numpy as np
 from albert_ref.atomic import atomic_output, atomic_path
 from albert_ref.embed_outputs import write_output
 from albert_ref.errors import AlbertRefError, InputError
+from albert_ref.weights.model_file import sha256
 
 SHARD_FORMATS = ("parquet", "h5")
 MANIFEST = "manifest.json"
@@ -37,10 +37,6 @@ class Shard:
     keys: list | None       # the --id-field values, as text
     truncated: np.ndarray   # int32: word pieces dropped per row
     vectors: np.ndarray     # float32 [rows, dim]
-
-
-def sha256(array: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(array).data).hexdigest()
 
 
 def shard_path(folder: Path, name: str, fmt: str) -> Path:

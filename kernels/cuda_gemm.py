@@ -31,12 +31,10 @@ import functools
 import numpy as np
 from numba import cuda, float32
 
-from albert_ref.config import ACTIVATIONS
-
 from .cuda_fmath import SHARED_ALIGN, add32, fma32, make_activation
 from .gemm import ACT_CODES, KB
 
-_ACT_NAMES = dict(enumerate(ACTIVATIONS))   # code -> name (0 -> "linear")
+_ACT_NAMES = {code: name for name, code in ACT_CODES.items() if name is not None}   # 0 -> "linear"
 _NEG0 = np.float32(-0.0)
 _ZERO = np.float32(0.0)
 _U = np.uint64        # index cast: unsigned indices skip Python's negative-index wraparound code

@@ -29,13 +29,12 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from albert_ref.config import ACTIVATIONS
-
 from .fmath import fma, gelu_erf32, gelu_tanh32, relu32, tanh32
 
 KB = 128      # contract: dot-product block length
 
-ACT_CODES = {None: 0, **{name: code for code, name in enumerate(ACTIVATIONS)}}  # linear 0, gelu_tanh 1, ...
+# The code of each activation (config.ACTIVATIONS) as `activate` and `_epilogue` branch on it.
+ACT_CODES = {None: 0, "linear": 0, "gelu_tanh": 1, "gelu_erf": 2, "relu": 3, "tanh": 4}
 _F32 = np.float32
 _JIT = dict(cache=True, error_model="numpy")
 

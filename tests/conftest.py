@@ -5,10 +5,11 @@ from pathlib import Path
 # Test helpers (model_util, spm_util, peers) are plain modules beside the tests.
 sys.path.insert(0, str(Path(__file__).parent))
 
-if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":  # the CUDA kernels' simulator runs need exact shared arrays
+if os.environ.get("NUMBA_ENABLE_CUDASIM"):  # numba-cuda is told to simulate: exact shared arrays needed
     from albert_ref.kernels import cuda_fmath
 
-    cuda_fmath.lock_simulated_shared_arrays()
+    if cuda_fmath.SIM:
+        cuda_fmath.lock_simulated_shared_arrays()
 
 # `pytest tests/test_fuzz.py --hypothesis-profile=fuzz`: the long fuzzing run (tests/test_fuzz.py).
 import pytest  # noqa: E402

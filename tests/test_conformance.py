@@ -180,6 +180,6 @@ def test_every_backend_implements_exactly_the_registered_activations():
     from albert_ref import numpy_backend
     from albert_ref.kernels import cuda_gemm, gemm
     assert set(numpy_backend.ACTIVATIONS) == {None, *ACTIVATIONS}
-    assert set(gemm.ACT_CODES) == {None, *ACTIVATIONS} and sorted(set(gemm.ACT_CODES.values())) == \
-        list(range(len(ACTIVATIONS)))
+    assert set(gemm.ACT_CODES) == {None, *ACTIVATIONS}
+    assert len({gemm.ACT_CODES[name] for name in ACTIVATIONS}) == len(ACTIVATIONS)  # one code each
     assert set(cuda_gemm._ACT_NAMES.values()) == set(ACTIVATIONS)

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from unittest import mock
 
 import h5py
 import numpy as np
@@ -244,12 +245,14 @@ def test_a_changed_input_model_or_option_is_refused(client, corpus_dir, tmp_path
 
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.sampled_from(["", " ", "x", "a b", "é", "{}"]), max_size=25), st.booleans(),
-       st.integers(1, 8))
-def test_partitions_cut_a_file_into_its_rows_exactly(tmp_path_factory, lines, final_newline, size):
+       st.integers(1, 8), st.sampled_from([1, 2, 3, 7, corpus._BLOCK]))
+def test_partitions_cut_a_file_into_its_rows_exactly(tmp_path_factory, lines, final_newline, size, block):
+    """Also with the scan's read blocks a few bytes long, so that lines cross block edges."""
     path = tmp_path_factory.mktemp("cut") / "f.txt"
     data = ("\n".join(lines) + "\n" * final_newline).encode()
     path.write_bytes(data)
-    files, parts = corpus.partitions(corpus.expand(str(path)), size)
+    with mock.patch.object(corpus, "_BLOCK", block):
+        files, parts = corpus.partitions(corpus.expand(str(path)), size)
     assert files[0].size == len(data)
     got = [corpus.read(p, None, False, None) for p in parts]
     assert all(p.stop - p.start <= size for p in parts)

@@ -10,7 +10,8 @@ import textwrap
 
 
 def run_fresh(code, **env):
-    r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env={**os.environ, **env},
+    base = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}  # it would disable the opt-in
+    r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env={**base, **env},
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     return r.stdout
