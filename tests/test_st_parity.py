@@ -200,6 +200,8 @@ def test_legacy_layout(tmp_path):
      "leads outside the directory"),
     (lambda d: (d / "sentence_bert_config.json").write_text('{"max_seq_length": "long"}'),
      "max_seq_length must be an integer"),
+    (lambda d: (d / "sentence_bert_config.json").write_text('[128]'), "must hold a JSON object"),
+    (lambda d: (d / "sentence_bert_config.json").write_text("[" * 100_000), "not valid JSON"),
 ])
 @pytest.mark.parametrize("case", ["mean"], indirect=True)
 def test_refused_with_a_named_error(case, tmp_path, change, match):

@@ -192,7 +192,8 @@ def write_model(path, model: ModelFile) -> None:
         for name in sorted(model.tensors):
             array = np.ascontiguousarray(model.tensors[name], dtype="<f4")
             ds = weights.create_dataset(name, data=array)
-            _set_text(ds, "sha256", checksums.setdefault(name, sha256(array)))
+            checksums[name] = sha256(array)
+            _set_text(ds, "sha256", checksums[name])
         if model.spm_model is not None:
             tok = f.create_group("tokenizer")
             ds = tok.create_dataset("sentencepiece", data=np.frombuffer(model.spm_model, dtype=np.uint8))

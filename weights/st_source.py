@@ -19,10 +19,10 @@ from albert_ref.errors import ConversionError, ModelFileError
 from albert_ref.pipeline import POOLING_MODES, Dense, Pipeline, dense_names
 
 from .hf_source import HFModel, read_huggingface, read_safetensors
-from .model_file import file_sha256
+from .model_file import file_sha256, sha256
 from .torch_pickle import load_torch_state_dict
 
-__all__ = ["STModel", "read_sentence_transformers", "is_sentence_transformers"]
+__all__ = ["STModel", "read_sentence_transformers"]
 
 # sentence-transformers' legacy Pooling flags, in the order it concatenates the modes.
 _LEGACY_POOLING = {"pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max",
@@ -41,10 +41,6 @@ class STModel:
     dense_tensors: dict[str, np.ndarray]  # dense_names -> float32, kernels [in, out]
     sources: dict[str, str]  # every file read, by path relative to the directory -> SHA-256
     notes: tuple[str, ...]
-
-
-def is_sentence_transformers(directory: Path) -> bool:
-    return (directory / "modules.json").is_file()
 
 
 def read_sentence_transformers(directory: str | Path) -> STModel:
@@ -93,29 +89,30 @@ def _rel(path: Path, directory: Path) -> str:
     return path.relative_to(directory).as_posix()
 
 
-def _json(path: Path, directory: Path, sources: dict, required: bool = True):
+def _json(path: Path, directory: Path, sources: dict, required: bool = True, kind: type = dict):
+    """The JSON `kind` (object or list) in `path`, read once and hashed into `sources`."""
     if not path.is_file():
         if required:
             raise ConversionError(f"{path}: missing")
         return None
     try:
         data = path.read_bytes()
-        sources[_rel(path, directory)] = file_sha256(path)
         value = json.loads(data)
     except OSError as exc:
         raise ConversionError(f"cannot read {path}: {exc}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, too deep, a 5,000-digit int
         raise ConversionError(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(value, (dict, list)):
-        raise ConversionError(f"{path} must hold a JSON object")
+    sources[_rel(path, directory)] = sha256(data)
+    if not isinstance(value, kind):
+        raise ConversionError(f"{path} must hold a JSON {'object' if kind is dict else 'list'}")
     return value
 
 
 def _modules(directory: Path, sources: dict) -> list[tuple[str, Path]]:
     """(class name, folder) per module, in pipeline order."""
     where = directory / "modules.json"
-    entries = _json(where, directory, sources)
-    if not isinstance(entries, list) or not entries:
+    entries = _json(where, directory, sources, kind=list)
+    if not entries:
         raise ConversionError(f"{where} must be a non-empty JSON list of modules")
     out = []
     def idx(entry):  # the listed order where idx is missing or malformed
@@ -161,8 +158,6 @@ def _max_seq_length(st_config: dict, hf: HFModel, root: Path, directory: Path, n
 def _pooling(folder: Path, directory: Path, sources: dict, hidden: int) -> tuple[str, ...]:
     where = folder / "config.json"
     config = _json(where, directory, sources)
-    if not isinstance(config, dict):
-        raise ConversionError(f"{where} must hold a JSON object")
     width = config.get("embedding_dimension", config.get("word_embedding_dimension"))
     if width != hidden:
         raise ConversionError(f"{where}: embedding dimension {width!r}, but the transformer's hidden size is {hidden}")
@@ -183,8 +178,6 @@ def _pooling(folder: Path, directory: Path, sources: dict, hidden: int) -> tuple
 def _dense(folder: Path, directory: Path, sources: dict, i: int) -> tuple[Dense, dict[str, np.ndarray]]:
     where = folder / "config.json"
     config = _json(where, directory, sources)
-    if not isinstance(config, dict):
-        raise ConversionError(f"{where} must hold a JSON object")
     activation = config.get("activation_function", "torch.nn.modules.activation.Tanh")
     if activation not in _ACTIVATIONS:
         raise ConversionError(f"{where}: activation_function {activation!r} is not supported "
