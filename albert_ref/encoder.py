@@ -257,6 +257,8 @@ def max_seq_length(config, requested: int | None, pipeline=None) -> int:
     if requested is None:
         return (pipeline and pipeline.max_seq_length) or limit
     _check_count("max_seq_length", requested)
+    if requested < 2:
+        raise InputError(f"max_seq_length must be at least 2 ([CLS] and [SEP]), not {requested}")
     if requested > limit:
         raise InputError(f"max_seq_length {requested} exceeds the model's max_position_embeddings {limit}")
     return requested

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import logging
 import time
 from pathlib import Path
 from typing import Callable
@@ -35,6 +36,7 @@ from albert_ref.serve_batcher import BatchStats, Batcher
 from albert_ref.serve_inputs import (DEFAULTS, TRUNCATION_DIRECTIONS, RequestError, encode_whole, inputs, invalid, option,
                                      parse_body, sequences)
 
+log = logging.getLogger(__name__)
 WORK_ROUTES = ("/v1/embeddings", "/embed", "/tokenize")
 ROUTES = (*WORK_ROUTES, "/health", "/info", "/metrics")
 DISCONNECTED = 499  # nginx's "client closed request": recorded in the metrics, never sent
@@ -114,7 +116,6 @@ class Service:
         if not isinstance(model, Model):
             model = load(model, backend=self.backend, threads=self.threads)
         encoder = Encoder(model)
-        encoder.tokenizer  # noqa: B018 - a model without a tokenizer fails here, not at the first request
         self.max_seq_length = encoder.max_seq_length(self.requested_max_seq_length)
         self.normalize = encoder.normalizes(self.normalize)
         if self.batcher.max_batch_tokens < self.max_seq_length:
@@ -260,6 +261,9 @@ def _work_route(service: Service, prepare: Callable, respond: Callable):
             return task.result()
         except RequestError as exc:
             return error_response(path, exc.status, str(exc))
+        except Exception as exc:  # noqa: BLE001 - the compute side failed (or shut down): say so in the route's dialect
+            log.exception("albert-ref serve: %s failed", path)
+            return error_response(path, 500, f"the server could not compute this request: {exc}")
     return endpoint
 
 

@@ -25,7 +25,7 @@ from typing import Callable
 
 import numpy as np
 
-from albert_ref.encoder import Encoder, plan_batches
+from albert_ref.encoder import Encoder, batches
 
 log = logging.getLogger("albert_ref.serve")
 
@@ -203,18 +203,17 @@ class Batcher:
     def _plan(self) -> list[_Text]:
         """The least-padding batch, among the oldest waiting texts, that holds the oldest."""
         pool = self._pending[:POOL_BATCHES * self.max_batch_requests]
-        lengths = np.array([len(t.ids) for t in pool], np.int64)
-        order = np.argsort(-lengths, kind="stable")
-        oldest = int(np.flatnonzero(order == 0)[0])
-        start, stop = next((a, b) for a, b in plan_batches(lengths[order], self.max_batch_requests,
-                                                           max_tokens=self.max_batch_tokens) if a <= oldest < b)
-        chosen = {id(pool[i]) for i in order[start:stop]}
+        lengths = [len(t.ids) for t in pool]
+        rows = next(rows for rows, _ in batches(lengths, self.max_batch_requests, self.max_batch_tokens) if 0 in rows)
+        chosen = {id(pool[i]) for i in rows}
         return self._remove(lambda t: id(t) in chosen)
 
     def _remove(self, which) -> list[_Text]:
         """Take the waiting texts `which` selects out of the queue (under the lock)."""
-        taken = [t for t in self._pending if which(t)]
-        self._pending = [t for t in self._pending if not which(t)]
+        taken, kept = [], []
+        for t in self._pending:
+            (taken if which(t) else kept).append(t)
+        self._pending = kept
         self._pending_tokens -= sum(len(t.ids) for t in taken)
         return taken
 

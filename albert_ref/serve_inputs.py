@@ -141,7 +141,7 @@ def _is_id(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-_KIND_NAMES = {bool: "true or false", str: "a string", int: "an integer", (int, float): "a number"}
+_KIND_NAMES = {bool: "true or false", str: "a string", int: "an integer"}
 
 
 def _kind(value) -> str:

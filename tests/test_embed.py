@@ -148,3 +148,11 @@ def test_plan_batches_splits_a_steep_tail():
     plan = plan_batches(lengths, 32)
     assert plan == [(0, 1), (1, 32)]
     assert plan_batches([20] * 64, 32) == [(0, 32), (32, 64)]   # uniform lengths: full batches
+
+
+def test_max_seq_length_below_two_is_refused(encoder):
+    """[CLS] and [SEP] alone take two positions: a shorter limit is a named error, for the
+    Encoder and everything built on it (the server's truncation included)."""
+    with pytest.raises(albert_ref.InputError, match="at least 2"):
+        encoder.max_seq_length(1)
+    assert encoder.max_seq_length(2) == 2

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from peers import require_peers  # noqa: E402
 
-httpx, openai, uvicorn = require_peers("httpx", "openai", "uvicorn", extra="serve")
+httpx, openai, uvicorn = require_peers("httpx", "openai", "uvicorn", extra="serve,test")
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 import albert_ref  # noqa: E402
