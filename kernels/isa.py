@@ -122,7 +122,8 @@ def describe(variant: Variant) -> str:
     """One line for benchmarks and logs: the compile target and the variant."""
     t = target()
     return (f"CPU {t.cpu} ({platform.machine()}, {t.vector_bits}-bit vectors{'' if t.fma else ', no FMA'}); "
-            f"kernel variant {variant.name}: {variant.mr} x {variant.nr} tile, {variant.bits}-bit vectors")
+            f"kernel variant {variant.name}: {variant.mr} x {variant.nr} tile, {variant.bits}-bit vectors "
+            f"({variant.doc})")
 
 
 class KernelSet:
@@ -133,7 +134,6 @@ class KernelSet:
         ns = dict(vars(_gemm), MR=v.mr, NR=v.nr, _micro=_gemm.make_micro(v.mr, v.nr, v.vw))
         ns["gemm_tile"] = _specialise(_gemm.gemm_tile, ns, v)
         self.gemm_packed = ns["gemm_packed"] = _specialise(_gemm.gemm_packed, ns, v, parallel=True)
-        self.gemm_tile = ns["gemm_tile"]
         ans = dict(vars(_attention), MR=v.mr, NR=v.nr, gemm_tile=ns["gemm_tile"])
         self.attention = _specialise(_attention.attention_fast, ans, v, parallel=True)
 
