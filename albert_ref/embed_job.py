@@ -8,8 +8,9 @@ corrupt FILE; running the same command again finds the finished chunks and goes 
 since a chunk's rows are computed the same way whenever it runs, the result is bit for bit
 that of an uninterrupted run.
 
-The manifest records each chunk's SHA-256 (written before the chunk itself). A chunk is
-used only if its bytes match that digest and it holds exactly its rows' ids, finite
+Each chunk's SHA-256 is recorded in a small file of its own beside it, written before the
+chunk itself (one file per chunk, so saving a chunk costs the same however many are done). A
+chunk is used only if its bytes match that digest and it holds exactly its rows' ids, finite
 float32 vectors of the model's width and their truncation counts; any other chunk
 (truncated, flipped, a copy of another, re-saved, NaN, a directory...) is recomputed, and
 the user is told.
@@ -37,7 +38,7 @@ from albert_ref.encoder import Encoder
 from albert_ref.errors import InputError
 
 MANIFEST_FORMAT = "albert-ref embed job"
-MANIFEST_VERSION = 2  # 2: chunk digests
+MANIFEST_VERSION = 3  # 2: chunk digests in the manifest; 3: beside each chunk
 
 
 @dataclass(frozen=True)
@@ -87,10 +88,12 @@ class Job:
         self.rows = description["rows"]
         self.chunk_rows = description["chunk_rows"]
         self.chunks = -(-self.rows // self.chunk_rows)
-        self.digests: dict[str, str] = {}  # chunk file name -> SHA-256 of its bytes
 
     def chunk_path(self, k: int) -> Path:
         return self.folder / f"chunk-{k:06d}.npz"
+
+    def digest_path(self, k: int) -> Path:
+        return self.folder / f"chunk-{k:06d}.sha256"
 
     def rows_of(self, k: int) -> slice:
         return slice(k * self.chunk_rows, min((k + 1) * self.chunk_rows, self.rows))
@@ -127,19 +130,13 @@ class Job:
                 raise InputError(f"{self.folder} holds an unfinished job for a different command (it differs in: "
                                  f"{', '.join(changed)}); rerun that command to finish it, or add --restart "
                                  f"to discard it")
-            chunks = found.get("chunks") if found.get("version") == MANIFEST_VERSION else None
-            if isinstance(chunks, dict):
-                self.digests = {name: digest for name, digest in chunks.items()
-                                if isinstance(name, str) and isinstance(digest, str)}
-            else:
-                print(f"albert-ref: {self.manifest} records no chunk digests (an older albert-ref wrote it): "
-                      f"its chunks are recomputed", file=sys.stderr)
-        self._write_manifest()
-
-    def _write_manifest(self) -> None:
+            if found.get("version") != MANIFEST_VERSION:
+                print(f"albert-ref: {self.manifest} was written by an older albert-ref, which kept chunk digests "
+                      f"elsewhere: its chunks are recomputed", file=sys.stderr)
+                for chunk in self.folder.glob("chunk-*"):
+                    _remove(chunk)
         with atomic_output(self.manifest, "w") as fh:
-            json.dump({"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "job": self.description,
-                       "chunks": self.digests}, fh, indent=1)
+            json.dump({"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "job": self.description}, fh, indent=1)
 
     def usable(self, k: int) -> bool:
         """Whether chunk k is saved and passes every check; one that exists but fails is
@@ -153,11 +150,11 @@ class Job:
         except BadChunk as exc:
             print(f"albert-ref: {path.name} in {self.folder} cannot be used ({exc}): recomputing it", file=sys.stderr)
             _remove(path)
-            self.digests.pop(path.name, None)
+            _remove(self.digest_path(k))
             return False
 
     def load(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(ids, vectors, truncated) of chunk k, from bytes that match the manifest's
+        """(ids, vectors, truncated) of chunk k, from bytes that match its recorded
         digest and hold what chunk k must hold; BadChunk otherwise."""
         path = self.chunk_path(k)
         if path.is_symlink() or not path.is_file():
@@ -166,11 +163,12 @@ class Job:
             data = path.read_bytes()
         except OSError as exc:
             raise BadChunk(f"unreadable: {exc.strerror or exc}") from None
-        expected = self.digests.get(path.name)
-        if expected is None:
-            raise BadChunk("not recorded in the manifest")
+        try:
+            expected = self.digest_path(k).read_text().strip()
+        except (OSError, UnicodeDecodeError):
+            raise BadChunk("no digest recorded for it") from None
         if hashlib.sha256(data).hexdigest() != expected:
-            raise BadChunk("its SHA-256 differs from the manifest's")
+            raise BadChunk("its SHA-256 differs from the recorded one")
         try:
             with np.load(io.BytesIO(data), allow_pickle=False) as part:
                 if sorted(part.files) != ["ids", "truncated", "vectors"]:
@@ -190,13 +188,13 @@ class Job:
         return ids, vectors, truncated
 
     def save(self, k: int, ids: np.ndarray, vectors: np.ndarray, truncated: np.ndarray) -> None:
-        """The digest goes into the manifest first: a kill between the two writes leaves a
-        recorded chunk missing (recomputed), never an unrecorded one in place."""
+        """The digest is written first: a kill between the two writes leaves a recorded
+        chunk missing (recomputed), never an unrecorded one in place."""
         buffer = io.BytesIO()
         np.savez(buffer, ids=ids, vectors=vectors, truncated=truncated)
         data = buffer.getvalue()
-        self.digests[self.chunk_path(k).name] = hashlib.sha256(data).hexdigest()
-        self._write_manifest()
+        with atomic_output(self.digest_path(k), "w") as fh:
+            fh.write(hashlib.sha256(data).hexdigest() + "\n")
         with atomic_output(self.chunk_path(k)) as fh:
             fh.write(data)
 

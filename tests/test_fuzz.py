@@ -337,7 +337,7 @@ def interrupted(tmp_path_factory):
 
 @fuzz
 @given(data=st.data(), target=st.sampled_from(["chunk-000000.npz", "chunk-000001.npz", "chunk-000002.npz",
-                                               "manifest.json"]))
+                                               "chunk-000001.sha256", "manifest.json"]))
 def test_resume_chunks(tmp_path, interrupted, data, target):
     source, reference = interrupted
     folder = workdir(tmp_path, "resume")
