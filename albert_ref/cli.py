@@ -51,8 +51,8 @@ def _cmd_run(args):
 def _cmd_tokenize(args):
     import albert_ref
     from albert_ref.model import tokenizer_of
-    from albert_ref.weights.model_file import read_tokenizer
-    model_file = read_tokenizer(args.model)  # the tokenizer, checked, without reading every tensor
+    from albert_ref.weights.model_file import read_header
+    model_file = read_header(args.model)  # the tokenizer, checked, without reading every tensor
     tok = tokenizer_of(model_file)
     limit = model_file.config.max_position_embeddings
     max_len = limit if args.max_seq_length is None else args.max_seq_length

@@ -193,9 +193,9 @@ def embed_corpus(inputs, output_dir, model=None, *, client=None, workers: int | 
     if fields is not None:
         fields = list(fields)
     from albert_ref.weights import DEMO_MODEL
-    from albert_ref.weights.model_file import read_model
+    from albert_ref.weights.model_file import read_header
     model = os.path.abspath(DEMO_MODEL if model is None else model)
-    model_file = read_model(model, verify=False)   # the digest, from the stored checksums; workers verify the data
+    model_file = read_header(model)   # no tensor is read here: the workers load and verify them
     modes = resolve_pooling(model_file.pipeline, pooling)
     pooling, normalize = ",".join(modes), resolve_normalize(model_file.pipeline, normalize)
     max_len = checked_max_seq_length(model_file.config, max_seq_length, model_file.pipeline)
@@ -210,7 +210,6 @@ def embed_corpus(inputs, output_dir, model=None, *, client=None, workers: int | 
     opts = TaskOptions(str(folder.resolve()), job_sha256, model_file.digest, shard_format, fields, pair, id_field,
                        pooling, normalize, batch_size, max_len)
     summary = Summary(folder, len(parts), dim=dim)
-    del model_file
     with _claimed(folder, job, restart), _client(client, workers, threads) as client:
         client.register_plugin(ModelPlugin(model, job["model_sha256"], backend, threads))
         try:

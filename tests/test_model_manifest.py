@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from albert_ref.errors import ModelFileError
-from albert_ref.weights.model_file import GUARANTEES, ManifestError, ModelFile, read_model, write_model
+from albert_ref.weights.model_file import GUARANTEES, ManifestError, ModelFile, read_header, read_model, write_model
 from model_util import as_format_version_1
 from test_model_file import _edit, good_file, model  # noqa: F401 (the fixtures)
 
@@ -77,8 +77,23 @@ def test_a_consistent_manifest_and_digest_still_have_to_match_the_contents(good_
         text = json.dumps(manifest, sort_keys=True, separators=(",", ":"))
         f.attrs["manifest"], f.attrs["digest"] = text, hashlib.sha256(text.encode()).hexdigest()
     _edit(good_file, forge)
-    with pytest.raises(ManifestError, match="config.hidden_act is \"gelu_tanh\", the manifest says \"relu\""):
-        read_model(good_file)
+    for read in (read_model, read_header):
+        with pytest.raises(ManifestError, match="config.hidden_act is \"gelu_tanh\", the manifest says \"relu\""):
+            read(good_file)
+
+
+def test_a_manifest_not_in_canonical_form_is_refused(good_file):
+    """The digest names the canonical manifest: one re-serialised (here with spaces), even
+    with a matching digest, would give the file a second name."""
+    import hashlib
+
+    def respace(f):
+        text = json.dumps(json.loads(f.attrs["manifest"]), sort_keys=True)
+        f.attrs["manifest"], f.attrs["digest"] = text, hashlib.sha256(text.encode()).hexdigest()
+    _edit(good_file, respace)
+    for read in (read_model, read_header):
+        with pytest.raises(ManifestError, match="not in canonical form"):
+            read(good_file)
 
 
 def _swap_data(f, a, b):
@@ -102,7 +117,7 @@ def test_swapped_tensors_with_their_checksums_are_caught_by_the_manifest(good_fi
 def test_version_1_files_load_with_their_weaker_guarantee(good_file, model):
     as_format_version_1(good_file)
     back = read_model(good_file)
-    assert back.format_version == 1 and back.digest == model.digest
+    assert back.format_version == 1 and back.digest == model.digest == read_header(good_file).digest
     assert "covered by no stored checksum" in GUARANTEES[1]
     _edit(good_file, _set_config(hidden_act="gelu_erf"))  # what version 1 cannot catch...
     assert read_model(good_file).digest != model.digest  # ...but the digest still tells
@@ -148,14 +163,15 @@ def test_the_digest_covers_everything_that_decides_an_output(model, what, seed):
     assert changed.digest != model.digest
 
 
-def test_read_tokenizer_reads_no_tensor_but_checks_what_it_reads(good_file):
-    """`albert-ref tokenize` reads the config and tokenizer alone (read_tokenizer): the same
-    as read_model gives, its bytes hashed, config and options held to the manifest; damage
-    to a tensor's data, which tokenizing never reads, does not stop it."""
-    from albert_ref.weights.model_file import ChecksumError, read_tokenizer
-    full, part = read_model(good_file), read_tokenizer(good_file)
-    assert (part.config, part.spm_model, part.tokenizer_options) == (full.config, full.spm_model,
-                                                                       full.tokenizer_options)
+def test_read_header_reads_no_tensor_but_checks_what_it_reads(good_file):
+    """`albert-ref tokenize` and a Dask client read the config, tokenizer, pipeline and digest
+    alone (read_header): the same as read_model gives, the tokenizer's bytes hashed, config
+    and options held to the manifest; damage to a tensor's data, which they never read,
+    does not stop it."""
+    from albert_ref.weights.model_file import ChecksumError, read_header
+    full, part = read_model(good_file), read_header(good_file)
+    assert (part.config, part.spm_model, part.tokenizer_options, part.pipeline, part.digest) == (
+        full.config, full.spm_model, full.tokenizer_options, full.pipeline, full.digest)
 
     def flip_tensor(f):
         ds = f[BLOCK + "query/kernel"]
@@ -163,19 +179,19 @@ def test_read_tokenizer_reads_no_tensor_but_checks_what_it_reads(good_file):
     _edit(good_file, flip_tensor)
     with pytest.raises(ChecksumError):
         read_model(good_file)
-    assert read_tokenizer(good_file).spm_model == full.spm_model
+    assert read_header(good_file).spm_model == full.spm_model
 
     _edit(good_file, _set_options(do_lower_case=True))
     with pytest.raises(ManifestError, match="tokenizer.options.do_lower_case"):
-        read_tokenizer(good_file)
+        read_header(good_file)
 
 
-def test_read_tokenizer_checks_the_tokenizer_bytes(good_file):
-    from albert_ref.weights.model_file import ChecksumError, read_tokenizer
+def test_read_header_checks_the_tokenizer_bytes(good_file):
+    from albert_ref.weights.model_file import ChecksumError, read_header
 
     def flip(f):
         ds = f["tokenizer/sentencepiece"]
         ds[10] = ds[10] ^ 1
     _edit(good_file, flip)
     with pytest.raises(ChecksumError):
-        read_tokenizer(good_file)
+        read_header(good_file)

@@ -8,7 +8,7 @@ import pytest
 
 from albert_ref.errors import ModelFileError
 from albert_ref.pipeline import Dense, Pipeline, dense_names
-from albert_ref.weights.model_file import read_model, write_model
+from albert_ref.weights.model_file import read_header, read_model, write_model
 from model_util import random_model_file, tiny_config, with_pipeline as add_pipeline
 
 CONFIG = tiny_config()  # hidden 16, max positions 40
@@ -22,8 +22,8 @@ def with_pipeline(pipeline=PIPELINE):
 def test_round_trip(tmp_path):
     m = with_pipeline()
     write_model(tmp_path / "m.h5", m)
-    back = read_model(tmp_path / "m.h5")
-    assert back.pipeline == PIPELINE and back.digest == m.digest
+    back, header = read_model(tmp_path / "m.h5"), read_header(tmp_path / "m.h5")
+    assert back.pipeline == header.pipeline == PIPELINE and back.digest == header.digest == m.digest
     kernel, bias = dense_names(0)
     assert back.tensors[kernel].tobytes() == m.tensors[kernel].tobytes() and back.tensors[bias].shape == (8,)
     assert dense_names(1)[1] not in back.tensors  # bias=False: nothing stored

@@ -218,28 +218,32 @@ def read_model(path, verify: bool = True) -> ModelFile:
 
 
 @dataclasses.dataclass
-class TokenizerPart:
-    """What `read_tokenizer` reads of a model file."""
+class ModelHeader:
+    """What `read_header` reads of a model file: everything but the tensors' data."""
     config: AlbertConfig
     spm_model: bytes | None
     tokenizer_options: dict
+    pipeline: Pipeline | None
+    digest: str
 
 
-def read_tokenizer(path) -> TokenizerPart:
-    """The config and tokenizer of a model file, without reading its tensors (for
-    `albert-ref tokenize`). Validated as read_model validates them: the tokenizer's bytes
-    against their SHA-256 and, in a version-2 file, config, tokenizer and options against
-    the manifest, whose digest is checked."""
+def read_header(path) -> ModelHeader:
+    """The config, tokenizer, pipeline and digest of a model file without reading its
+    tensors (for `albert-ref tokenize`, and for a Dask client whose workers load the
+    model). Validated as read_model validates them: the tokenizer's bytes against their
+    SHA-256 and, in a version-2 file, config, tokenizer and pipeline against the manifest,
+    whose digest is checked. A version-1 file has no manifest: its tensors are read for
+    their stored checksums."""
     def read(f, path):
-        version, config, manifest, _ = _read_header(f, path)
+        version, config, manifest, pipeline = _read_header(f, path)
+        if manifest is None:
+            model = _read(f, path, verify=False)
+            return ModelHeader(config, model.spm_model, model.tokenizer_options, pipeline, model.digest)
         spm_model, checksum, options = _read_tokenizer(f, _walk(f, path), path, verify=True)
-        if manifest is not None:
-            actual = {"config": config.to_dict(), "tokenizer": tokenizer_entry(spm_model, options, checksum)}
-            for section, value in actual.items():
-                if value != manifest[section]:
-                    where = _first_difference(value, manifest[section], section)
-                    raise ManifestError(f"{path}: {where}: the file was altered or is corrupt")
-        return TokenizerPart(config, spm_model, options)
+        actual = {"config": config.to_dict(), "tokenizer": tokenizer_entry(spm_model, options, checksum),
+                  **({"pipeline": pipeline.to_dict()} if pipeline else {})}
+        _check_sections(actual, manifest, path)
+        return ModelHeader(config, spm_model, options, pipeline, _attr(f, "digest", path))
     return _reading(path, read)
 
 
@@ -362,11 +366,18 @@ def _read(f: h5py.File, path: Path, verify: bool) -> ModelFile:
 
 
 def _read_manifest(f: h5py.File, path: Path) -> dict:
-    """The stored manifest, after checking it against the stored digest."""
+    """The stored manifest, after checking it against the stored digest and that it is in
+    canonical form (the digest is then the one ModelFile.digest computes)."""
     text, digest = _attr(f, "manifest", path), _attr(f, "digest", path)
     if hashlib.sha256(text.encode()).hexdigest() != digest:
         raise ManifestError(f"{path}: the manifest does not match the stored digest: the file is corrupt")
     manifest = _json_attr(f, "manifest", path)
+    try:
+        canonical = canonical_json(manifest) == text
+    except ValueError:   # NaN or Infinity in it
+        canonical = False
+    if not canonical:
+        raise ManifestError(f"{path}: the manifest is not in canonical form: the file was altered or is corrupt")
     if not isinstance(manifest, dict) or not {"config", "tensors", "tokenizer"} <= set(manifest) <= {
             "config", "tensors", "tokenizer", "pipeline"}:
         raise ManifestError(f"{path}: the manifest is not an object with config, tensors, tokenizer "
@@ -379,10 +390,7 @@ def _check_manifest(actual: dict, stored: dict, path: Path) -> None:
     manifest differ."""
     if canonical_json(actual) == canonical_json(stored):
         return
-    for section in ("config", "tokenizer", "pipeline"):
-        if actual.get(section) != stored.get(section):
-            where = _first_difference(actual.get(section), stored.get(section), section)
-            raise ManifestError(f"{path}: {where}: the file was altered or is corrupt")
+    _check_sections(actual, stored, path)
     listed = stored["tensors"] if isinstance(stored["tensors"], dict) else {}
     extra, missing = sorted(set(actual["tensors"]) - set(listed)), sorted(set(listed) - set(actual["tensors"]))
     if extra or missing:
@@ -397,7 +405,14 @@ def _check_manifest(actual: dict, stored: dict, path: Path) -> None:
                                     f"(swapped or re-labelled tensors): the file was altered or is corrupt")
             where = _first_difference(entry, listed[name], f"tensor {name}")
             raise ManifestError(f"{path}: {where}: the file was altered or is corrupt")
-    raise ManifestError(f"{path}: the manifest is not in canonical form: the file was altered or is corrupt")
+
+
+def _check_sections(actual: dict, stored: dict, path: Path) -> None:
+    """Raise ManifestError naming the first difference in config, tokenizer or pipeline."""
+    for section in ("config", "tokenizer", "pipeline"):
+        if actual.get(section) != stored.get(section):
+            where = _first_difference(actual.get(section), stored.get(section), section)
+            raise ManifestError(f"{path}: {where}: the file was altered or is corrupt")
 
 
 def _first_difference(actual, stored, where: str) -> str:
