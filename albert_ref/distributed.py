@@ -43,6 +43,7 @@ from albert_ref.atomic import atomic_output, exclusive_folder
 from albert_ref.encoder import (_check_count, max_seq_length as checked_max_seq_length, output_dim, resolve_normalize,
                                 resolve_pooling)
 from albert_ref.errors import AlbertRefError, InputError
+from albert_ref.job_record import stored_job, write_job
 from albert_ref.ops import CONTRACT_BACKENDS
 
 try:
@@ -289,23 +290,11 @@ def _remove_temporaries(folder: Path) -> None:
 
 
 def _claim(path: Path, job: dict) -> None:
-    if path.exists():
-        try:
-            found = json.loads(path.read_text()).get("job")
-        except (OSError, ValueError, AttributeError) as exc:
-            raise InputError(f"{path}: unreadable ({exc}); add --restart to discard the folder's job") from None
-        if found != job:
-            changed = sorted(k for k in job if (found or {}).get(k) != job[k])
-            files = {f["path"]: f for f in (found or {}).get("inputs", [])}
-            edited = [f["path"] for f in job["inputs"] if files.get(f["path"]) != f]
-            raise InputError(f"{path.parent} holds a job for a different command (it differs in: {', '.join(changed)}"
-                             f"{'; changed or new input: ' + ', '.join(edited[:3]) if edited else ''}); rerun that "
-                             f"command to finish it, use another output folder, or add --restart to discard it")
+    if stored_job(path, job, path.parent) is not None:
         return
     if any(path.parent.glob("part-*")):
         raise InputError(f"{path.parent} holds shards but no {JOB_FILE}; add --restart to discard them")
-    with atomic_output(path, "w") as fh:
-        json.dump({"format": JOB_FORMAT, "version": JOB_VERSION, "job": job}, fh, indent=1)
+    write_job(path, JOB_FORMAT, JOB_VERSION, job)
 
 
 @contextlib.contextmanager

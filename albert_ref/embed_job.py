@@ -36,6 +36,7 @@ from albert_ref.embed_inputs import Inputs
 from albert_ref.embed_outputs import write_output
 from albert_ref.encoder import Encoder
 from albert_ref.errors import InputError
+from albert_ref.job_record import stored_job, write_job
 
 MANIFEST_FORMAT = "albert-ref embed job"
 MANIFEST_VERSION = 3  # 2: chunk digests in the manifest; 3: beside each chunk
@@ -119,24 +120,13 @@ class Job:
             yield
 
     def _claim(self) -> None:
-        if self.manifest.exists():
-            try:
-                found = json.loads(self.manifest.read_text())
-            except (OSError, ValueError, RecursionError) as exc:
-                raise InputError(f"{self.manifest}: unreadable ({exc}); run with --restart to discard it") from None
-            job = found.get("job") if isinstance(found, dict) else None
-            if job != self.description:
-                changed = sorted(k for k in self.description if (job or {}).get(k) != self.description[k])
-                raise InputError(f"{self.folder} holds an unfinished job for a different command (it differs in: "
-                                 f"{', '.join(changed)}); rerun that command to finish it, or add --restart "
-                                 f"to discard it")
-            if found.get("version") != MANIFEST_VERSION:
-                print(f"albert-ref: {self.manifest} was written by an older albert-ref, which kept chunk digests "
-                      f"elsewhere: its chunks are recomputed", file=sys.stderr)
-                for chunk in self.folder.glob("chunk-*"):
-                    _remove(chunk)
-        with atomic_output(self.manifest, "w") as fh:
-            json.dump({"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "job": self.description}, fh, indent=1)
+        found = stored_job(self.manifest, self.description, self.folder)
+        if found is not None and found.get("version") != MANIFEST_VERSION:
+            print(f"albert-ref: {self.manifest} was written by an older albert-ref, which kept chunk digests "
+                  f"elsewhere: its chunks are recomputed", file=sys.stderr)
+            for chunk in self.folder.glob("chunk-*"):
+                _remove(chunk)
+        write_job(self.manifest, MANIFEST_FORMAT, MANIFEST_VERSION, self.description)
 
     def usable(self, k: int) -> bool:
         """Whether chunk k is saved and passes every check; one that exists but fails is
