@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from albert_ref.embed_inputs import INPUT_FORMATS, Inputs, parse
+from albert_ref.embed_inputs import INPUT_FORMATS, Inputs, check_options as check_options_of_format, parse
 from albert_ref.errors import InputError
 from albert_ref.weights.model_file import file_sha256
 
@@ -153,18 +153,32 @@ def read(part: Partition, fields: list[str] | None, pair: bool, id_field: str | 
     return parse(data, part.source, part.fmt, fields, pair, id_field, part.start if lines else None)
 
 
-def _parquet_rows(part: Partition, fields, pair, id_field) -> Inputs:
-    import pyarrow
-    fields = fields or ["text"]
-    if len(fields) > 2 or (pair and len(fields) != 2):
-        raise InputError("--field names one text column, or two with --pair")
-    pf = _parquet_file(part.source)
-    wanted = [*fields, *([id_field] if id_field else [])]
+def check_options(files: list[SourceFile], fields: list[str] | None, pair: bool, id_field: str | None) -> None:
+    """The errors that every partition of a file would raise, found once, before any task
+    runs: options its format does not take, and columns a Parquet file's schema lacks."""
+    for f in files:
+        if f.fmt == "parquet":
+            _parquet_columns(_parquet_file(f.path), f.path, fields, pair, id_field)
+        else:
+            check_options_of_format(f.path, f.fmt, fields, pair, id_field)
+
+
+def _parquet_columns(pf, path: str, fields, pair, id_field) -> list[str]:
+    """The text columns to read, checked against the file's schema."""
+    fields = check_options_of_format(path, "parquet", fields, pair, id_field)
     names = pf.schema_arrow.names
     for column, option in [(c, "--field") for c in fields] + ([(id_field, "--id-field")] if id_field else []):
         if column not in names:
-            raise InputError(f"{part.source}: no column {column!r} (columns: {', '.join(map(repr, names))}); "
+            raise InputError(f"{path}: no column {column!r} (columns: {', '.join(map(repr, names))}); "
                              f"choose one with {option}")
+    return fields
+
+
+def _parquet_rows(part: Partition, fields, pair, id_field) -> Inputs:
+    import pyarrow
+    pf = _parquet_file(part.source)
+    fields = _parquet_columns(pf, part.source, fields, pair, id_field)
+    wanted = [*fields, *([id_field] if id_field else [])]
     counts = [pf.metadata.row_group(g).num_rows for g in range(pf.metadata.num_row_groups)]
     first = np.concatenate([[0], np.cumsum(counts)])
     groups = [g for g in range(len(counts)) if first[g] < part.stop and first[g + 1] > part.start]
@@ -183,5 +197,5 @@ def _column(table, name: str, part: Partition, types: tuple) -> list:
     for i, v in enumerate(values):
         if not isinstance(v, types) or isinstance(v, bool):
             kinds = " or ".join({str: "a string", int: "an integer"}[t] for t in types)
-            raise InputError(f"{part.source}: row {part.start + i}: column {name!r} is {v!r:.40}, not {kinds}")
+            raise InputError(f"{part.source}: row {part.start + i + 1}: column {name!r} is {v!r:.40}, not {kinds}")
     return values

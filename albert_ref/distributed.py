@@ -201,7 +201,9 @@ def embed_corpus(inputs, output_dir, model=None, *, client=None, workers: int | 
     pooling, normalize = ",".join(modes), resolve_normalize(model_file.pipeline, normalize)
     max_len = checked_max_seq_length(model_file.config, max_seq_length, model_file.pipeline)
     dim = output_dim(model_file.config, model_file.pipeline, modes)
-    files, parts = corpus.partitions(corpus.expand(inputs, input_format), partition_size)
+    files = corpus.expand(inputs, input_format)
+    corpus.check_options(files, fields, pair, id_field)
+    files, parts = corpus.partitions(files, partition_size)
     job = {"model_sha256": model_file.digest, "backend": backend, "pooling": pooling, "normalize": normalize,
            "max_seq_length": max_len, "fields": fields, "id_field": id_field, "pair": pair,
            "partition_size": partition_size, "shard_format": shard_format,

@@ -61,22 +61,31 @@ def parse(data: bytes, name: str, fmt: str, fields: list[str] | None, pair: bool
     `data` may be a part of the file, whole lines from line `first_line` (0-based) on:
     row ids and error messages then count from there, and a part with only blank lines
     gives no texts rather than an error (a distributed job cuts files into such parts)."""
+    fields = check_options(name, fmt, fields, pair, id_field)
     text = _decode(data, name, first_line or 0)
     if fmt == "txt":
-        for option, given in (("--field", fields), ("--id-field", id_field)):
-            if given:
-                raise InputError(f"{option} applies to .jsonl, .csv and .tsv inputs, not to {name} (plain lines)")
         return _lines(text, name, pair, first_line)
-    fields = fields or ["text"]
-    if len(fields) > 2:
-        raise InputError(f"--field names one text field, or two for pairs; got {len(fields)}")
-    if pair and len(fields) != 2:
-        raise InputError(f"--pair with {fmt} input needs two fields: --field A --field B")
     if fmt == "jsonl":
         return _jsonl(text, name, fields, id_field, first_line)
     if first_line is not None:
         raise ValueError("a .csv/.tsv file is parsed whole: its quoted fields may span lines")
     return _table(text, name, fields, "\t" if fmt == "tsv" else ",", id_field)
+
+
+def check_options(name: str, fmt: str, fields: list[str] | None, pair: bool, id_field: str | None) -> list[str]:
+    """The text fields to read from file `name` of format `fmt` (none for plain lines);
+    InputError for options the format does not take."""
+    if fmt == "txt":
+        for option, given in (("--field", fields), ("--id-field", id_field)):
+            if given:
+                raise InputError(f"{option} applies to .jsonl, .csv and .tsv inputs, not to {name} (plain lines)")
+        return []
+    fields = fields or ["text"]
+    if len(fields) > 2:
+        raise InputError(f"--field names one text field, or two for pairs; got {len(fields)}")
+    if pair and len(fields) != 2:
+        raise InputError(f"--pair with {fmt} input needs two fields: --field A --field B")
+    return fields
 
 
 def _read_bytes(path: str, name: str) -> bytes:

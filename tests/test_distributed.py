@@ -207,7 +207,14 @@ def test_a_bad_row_fails_its_partition_only(client, corpus_dir, tmp_path):
                            partition_size=16, **OPTIONS)
     assert list(summary.failed) == ["part-000001", "part-000006"] and summary.done_before == 5
     assert f"{tmp_path / 'a.jsonl'}:31: not valid JSON" in summary.failed["part-000001"]
-    assert "b.parquet: row 25: column 'text' is None" in summary.failed["part-000006"]
+    assert "b.parquet: row 26: column 'text' is None" in summary.failed["part-000006"]   # rows count from 1
+
+
+def test_a_missing_parquet_column_is_refused_before_any_task(client, corpus_dir, tmp_path):
+    folder, _ = corpus_dir
+    with pytest.raises(InputError, match=r"b\.parquet: no column 'body' \(columns: .*'text'.*\); choose one with --field"):
+        embed_corpus(inputs(folder), tmp_path / "out", client=client, fields=["body"], **OPTIONS)
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_worker_with_a_different_model_file_is_refused(client, tmp_path):
@@ -308,10 +315,11 @@ def test_pairs_from_tsv_and_txt_match_single_process_embed(client, tmp_path):
                      *CLI_OPTIONS]) == 0
         with h5py.File(out) as f:
             want.append((f["vectors"][:], f["ids"][:]))
-    summary = embed_corpus([tmp_path / "c.tsv", tmp_path / "d.txt"], tmp_path / "out", client=client, pair=True,
-                           fields=["q", "doc"], partition_size=5, **OPTIONS)
-    assert not summary.ok and list(summary.failed) == [f"part-{k:06d}" for k in range(1, 6)]
-    assert "--field applies to .jsonl, .csv and .tsv inputs, not to" in summary.failed["part-000001"]
+    # an option that no partition of a file can take is refused before anything runs
+    with pytest.raises(InputError, match="--field applies to .jsonl, .csv and .tsv inputs, not to .*d.txt"):
+        embed_corpus([tmp_path / "c.tsv", tmp_path / "d.txt"], tmp_path / "out", client=client, pair=True,
+                     fields=["q", "doc"], partition_size=5, **OPTIONS)
+    assert not (tmp_path / "out").exists()
     summary = embed_corpus([tmp_path / "c.tsv"], tmp_path / "out-c", client=client, pair=True, fields=["q", "doc"],
                            partition_size=5, **OPTIONS)
     assert summary.ok and summary.partitions == 1
