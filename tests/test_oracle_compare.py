@@ -59,6 +59,16 @@ def test_nan_and_inf_mismatches():
     assert r.compared == 5 and r.max_abs == 0  # errors are taken over the finite pairs only
 
 
+def test_equal_bits_leaves_nan_payloads_alone():
+    """The contract promises NaN where the reference has NaN, not which NaN."""
+    quiet, other = np.array([np.nan], F32), np.array([0x7FC00123], np.uint32).view(F32)
+    assert quiet.view(np.uint32) != other.view(np.uint32)
+    assert_equal_bits(np.array([1.0, *other, -0.0], F32), np.array([1.0, *quiet, -0.0], F32))
+    for actual in ([1.0, 1.0, -0.0], [1.0, *quiet, 0.0]):  # a number for the NaN; +0 for -0
+        with pytest.raises(AssertionError):
+            assert_equal_bits(np.array(actual, F32), np.array([1.0, *quiet, -0.0], F32))
+
+
 def test_shapes_and_dtypes():
     a = np.zeros((2, 3), F32)
     report = compare(a, np.zeros((2, 4), F32))

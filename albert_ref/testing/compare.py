@@ -26,7 +26,7 @@ DEFAULT_TOLERANCES = {2: (1e-2, 1e-3), 4: (1e-4, 1e-5), 8: (1e-9, 1e-12)}
 @dataclasses.dataclass(frozen=True)
 class Tolerance:
     """An element passes when |a - e| <= atol + rtol*|e| or, if max_ulp is set, when it
-    is at most max_ulp ulps away; exact: when its bits are equal."""
+    is at most max_ulp ulps away; exact: when its bits are equal (any NaN equals any NaN)."""
     rtol: float | None = None
     atol: float | None = None
     max_ulp: int | None = None
@@ -193,7 +193,8 @@ def compare(actual, expected, *, rtol=None, atol=None, max_ulp=None, input_mask=
     type (float32: rtol 1e-4, atol 1e-5; float64: rtol 1e-9, atol 1e-12; float16: rtol
     1e-2, atol 1e-3); otherwise an
     element passes if within atol + rtol*|expected| or within max_ulp ulps. exact: equal
-    bits (and equal dtypes). input_mask [batch, seq]: token positions where it is 0 are
+    bits (and equal dtypes), except that NaN payloads are not compared (the contract does
+    not promise them). input_mask [batch, seq]: token positions where it is 0 are
     left out of [batch, token, dim] and [layer, batch, token, dim] arrays unless
     include_padding. check_dtype: a dtype difference fails (it is always shown).
     Dicts: every key of `expected` is compared; keys only in `actual` are listed.
@@ -220,7 +221,8 @@ def assert_close(actual, expected, **options) -> Report:
 
 
 def assert_equal_bits(actual, expected, *, input_mask=None, include_padding=False, name="array") -> Report:
-    """Same dtype, same shape, same bits at every compared position (the contract's promise)."""
+    """Same dtype, same shape, same bits at every compared position (the contract's
+    promise: a NaN where the other has a NaN, of whatever payload)."""
     __tracebackhide__ = True
     return assert_close(actual, expected, exact=True, input_mask=input_mask, include_padding=include_padding,
                         name=name)
@@ -254,7 +256,8 @@ def _compare_array(name, actual, expected, tolerance: Tolerance, input_mask, che
 
     if tolerance.exact:
         uint = f"u{a.dtype.itemsize}"
-        beyond = np.ascontiguousarray(a).view(uint) != np.ascontiguousarray(e).view(uint)
+        # NaN payloads are not promised (NUMERICS.md): a NaN equals any NaN, nothing else
+        beyond = (np.ascontiguousarray(a).view(uint) != np.ascontiguousarray(e).view(uint)) & ~(np.isnan(a) & np.isnan(e))
     else:
         within = np.zeros(a.shape, bool)
         if tolerance.uses_allclose:
