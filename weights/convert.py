@@ -143,34 +143,46 @@ def _checkpoint_prefix(src: Path) -> Path:
 
 
 def _extract_hub_archive(archive: Path, dest: Path) -> Path:
-    """Extract just variables/ and assets/ of a downloaded TF-Hub module archive."""
-    _check_gzip_stream(archive)
+    """Extract just variables/ and assets/ of a downloaded TF-Hub module archive, in one
+    pass over the (decompressed) stream; the rest of a gzip stream is read too, so that
+    gzip checks its CRC-32 and length."""
     try:
-        with tarfile.open(archive) as tar:
-            wanted = []
-            for member in tar.getmembers():
-                parts = Path(member.name).parts
-                parts = parts[1:] if parts and parts[0] == "." else parts
-                if not parts or parts[0] not in ("variables", "assets") or len(parts) != 2:
-                    continue
-                if not member.isfile():
-                    raise ConversionError(f"{archive}: {member.name} is not a regular file")
-                wanted.append((member, dest.joinpath(*parts)))
-            if not any(p.name == "variables.index" for _, p in wanted):
-                raise ConversionError(f"{archive}: no variables/variables.index in the archive: not a TF-Hub module")
-            for member, target in wanted:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with tar.extractfile(member) as fin, open(target, "wb") as fout:
-                    while block := fin.read(1 << 20):
-                        fout.write(block)
-    except (tarfile.TarError, EOFError, OSError) as exc:
+        with _open_stream(archive) as stream:
+            extracted = []
+            with tarfile.open(fileobj=stream, mode="r|") as tar:
+                for member in tar:
+                    parts = Path(member.name).parts
+                    parts = parts[1:] if parts and parts[0] == "." else parts
+                    if not parts or parts[0] not in ("variables", "assets") or len(parts) != 2:
+                        continue
+                    if not member.isfile():
+                        raise ConversionError(f"{archive}: {member.name} is not a regular file")
+                    target = dest.joinpath(*parts)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    with tar.extractfile(member) as fin, open(target, "wb") as fout:
+                        while block := fin.read(1 << 20):
+                            fout.write(block)
+                    extracted.append(target)
+            while stream.read(1 << 24):
+                pass
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+        _check_gzip_stream(archive)
         raise ConversionError(f"{archive}: unreadable archive (truncated or corrupt?): {exc}") from None
+    if not any(p.name == "variables.index" for p in extracted):
+        raise ConversionError(f"{archive}: no variables/variables.index in the archive: not a TF-Hub module")
     return dest
 
 
+def _open_stream(archive: Path):
+    """The archive's tar stream: decompressed when it is gzip (by its magic bytes)."""
+    with open(archive, "rb") as fh:
+        gzipped = fh.read(2) == b"\x1f\x8b"
+    return gzip.open(archive) if gzipped else open(archive, "rb")
+
+
 def _check_gzip_stream(archive: Path) -> None:
-    """Read a gzip-compressed archive's whole stream once, so that damage is named as such
-    (tarfile takes a corrupt stream for the end of the archive and reports files missing)."""
+    """After a failed extraction: name a damaged gzip stream as such (tarfile takes a
+    corrupt stream for a damaged or ended archive, which would mislead)."""
     with open(archive, "rb") as fh:
         if fh.read(2) != b"\x1f\x8b":
             return
