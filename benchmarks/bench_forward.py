@@ -133,7 +133,7 @@ def _hf_model(threads, model):
 def worker_torch(args):
     import torch
     model = _hf_model(args.threads, args.model)
-    ids, mask, segs = (torch.from_numpy(a.astype("int64")) for a in inputs(args.batch, args.seq, model_fields("xlarge")["vocab_size"]))
+    ids, mask, segs = (torch.from_numpy(a.astype("int64")) for a in inputs(args.batch, args.seq, model_fields(args.model)["vocab_size"]))
     times = []
     with torch.inference_mode():
         for _ in range(args.reps + 1):
@@ -147,7 +147,7 @@ def worker_torch(args):
 def worker_ort_export(args):
     import torch
     model = _hf_model(args.threads, args.model)
-    ids, mask, segs = (torch.from_numpy(a.astype("int64")) for a in inputs(1, args.seq, model_fields("xlarge")["vocab_size"]))
+    ids, mask, segs = (torch.from_numpy(a.astype("int64")) for a in inputs(1, args.seq, model_fields(args.model)["vocab_size"]))
     torch.onnx.export(model, (ids, mask, segs), args.onnx, input_names=["input_ids", "attention_mask", "token_type_ids"],
                       output_names=["sequence_output", "pooled_output"], opset_version=17, dynamo=False,
                       dynamic_axes={n: {0: "b", 1: "s"} for n in ("input_ids", "attention_mask", "token_type_ids")})
@@ -161,7 +161,7 @@ def worker_ort(args):
     so.inter_op_num_threads = 1
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     sess = ort.InferenceSession(args.onnx, so, providers=["CPUExecutionProvider"])
-    ids, mask, segs = (a.astype("int64") for a in inputs(args.batch, args.seq, model_fields("xlarge")["vocab_size"]))
+    ids, mask, segs = (a.astype("int64") for a in inputs(args.batch, args.seq, model_fields(args.model)["vocab_size"]))
     feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": segs}
     times = []
     for _ in range(args.reps + 1):
