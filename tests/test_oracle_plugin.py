@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import albert_ref.testing
 from albert_ref.config import AlbertConfig
 from albert_ref.weights import DEMO_MODEL
 from albert_ref.weights.model_file import write_model
