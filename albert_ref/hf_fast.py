@@ -45,10 +45,11 @@ def normalize(text, charsmap, *, do_lower_case, keep_accents):
     """The normalizer Sequence: Replace ``/'', [NFKD, StripAccents], [Lowercase],
     [Precompiled], Replace " {2,}" (a no-op when whitespace splits words anyway)."""
     text = text.replace("``", '"').replace("''", '"')
-    if not keep_accents:  # StripAccents drops every Mark (Mn, Mc, Me), not only combining classes
+    ascii_only = text.isascii()  # the common case, where NFKD and the accents change nothing
+    if not keep_accents and not ascii_only:  # StripAccents drops every Mark (Mn, Mc, Me)
         text = "".join(c for c in unicodedata.normalize("NFKD", text) if unicodedata.category(c)[0] != "M")
     if do_lower_case:  # char by char, as Rust's char::to_lowercase: a final Σ becomes σ
-        text = "".join(c.lower() for c in text)
+        text = text.lower() if ascii_only else "".join(c.lower() for c in text)
     if charsmap is not None:
         text = charsmap.normalize(text)
     return _SPACES.sub(" ", text)
@@ -141,6 +142,7 @@ class Charsmap:
         self._units = np.frombuffer(blob, "<u4", size // 4, 4).tolist()
         self._pool = blob[4 + size:]
         self._lookup = lru_cache(maxsize=1 << 16)(self._transform)
+        self._chars = _Replacements(self._transform)
 
     def _transform(self, chunk: str):
         """The replacement of chunk's shortest prefix in the trie, or None."""
@@ -166,18 +168,32 @@ class Charsmap:
         return None
 
     def normalize(self, text: str) -> str:
+        if text.isascii() and "\r" not in text or not _JOINING.intersection(map(_break_class, set(text))):
+            return text.translate(self._chars)  # no cluster of 2+ characters is under 6 bytes
         out = []
-        lookup = self._lookup
         for cluster in graphemes(text):
             if len(cluster) > 1 and len(cluster.encode()) < 6:
-                norm = lookup(cluster)
+                norm = self._lookup(cluster)
                 if norm is not None:
                     out.append(norm)
                     continue
-            for c in cluster:
-                norm = lookup(c)
-                out.append(c if norm is None else norm)
+            out.append(cluster.translate(self._chars))
         return "".join(out)
+
+
+class _Replacements(dict):
+    """str.translate's table: code point -> the charsmap's replacement or the character,
+    filled as characters are met."""
+
+    def __init__(self, transform):
+        super().__init__()
+        self._transform = transform
+
+    def __missing__(self, code_point):
+        c = chr(code_point)
+        norm = self._transform(c)
+        self[code_point] = c if norm is None else norm
+        return self[code_point]
 
 
 def _offset(unit: int) -> int:
@@ -201,6 +217,8 @@ _NOT_SPACING = {0x102B, 0x102C, 0x1038, 0x1062, 0x1063, 0x1064, *range(0x1067, 0
 _PREPEND = {*range(0x0600, 0x0606), 0x06DD, 0x070F, 0x0890, 0x0891, 0x08E2, 0x0D4E, 0x110BD, 0x110CD, 0x111C2,
             0x111C3, 0x1193F, 0x11941, 0x11A3A, *range(0x11A84, 0x11A8A), 0x11D46, 0x11F02}
 CR, LF, CONTROL, EXTEND, ZWJ, SPACING, PREPEND, RI, L, V, T, LV, LVT, OTHER = range(14)
+# Without these, clusters of 2+ characters are Hangul syllables or flag pairs: 6+ bytes.
+_JOINING = {CR, EXTEND, ZWJ, SPACING, PREPEND}
 
 
 @lru_cache(maxsize=1 << 14)

@@ -240,3 +240,16 @@ def test_broken_tokenizer_json_leaves_no_file(st_fast, tmp_path):
     with pytest.raises(ConversionError, match="no tokenizer"):
         convert(copy_dir, tmp_path / "out.h5")
     assert not list(tmp_path.glob("*.h5*"))
+
+
+def test_huggingface_directory_and_config_agreement(st_fast, tmp_path):
+    """A plain Hugging Face directory with tokenizer.json only gets the same flavour;
+    tokenizer_config.json contradicting tokenizer.json's normalizer is refused."""
+    from albert_ref.weights.hf_source import read_huggingface
+    _, directory = st_fast
+    hf_dir = shutil.copytree(directory, tmp_path / "hf", ignore=shutil.ignore_patterns("modules.json", "1_Pooling"))
+    assert convert(hf_dir, tmp_path / "hf.h5").tokenizer_options["flavour"] == "huggingface-fast"
+    config = json.loads((hf_dir / "tokenizer_config.json").read_text())
+    (hf_dir / "tokenizer_config.json").write_text(json.dumps({**config, "do_lower_case": False}))
+    with pytest.raises(ConversionError, match="do_lower_case is False, but tokenizer.json's normalizer does lower-case"):
+        read_huggingface(hf_dir)
