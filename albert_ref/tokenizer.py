@@ -7,8 +7,8 @@ Two flavours, each reproducing its source exactly:
 - "huggingface": transformers' slow `AlbertTokenizer.tokenize`, which also turns ``
   and '' into '"', can keep accents, and never splits its special-token strings.
 - "huggingface-fast": transformers' fast tokenizer, the `tokenizers` pipeline of a
-  tokenizer.json (hf_fast.py), run over a sentencepiece model rebuilt from its Unigram
-  vocabulary; the only tokenizer of directories saved by transformers 5. remove_space
+  tokenizer.json (hf_fast.py) over its Unigram vocabulary, which is stored as a
+  sentencepiece model; the only tokenizer of directories saved by transformers 5. remove_space
   says whether whitespace splits words first (transformers 5's layout) or runs of spaces
   only collapse to one "▁" (transformers 4's AlbertConverter).
 
@@ -123,7 +123,8 @@ class Tokenizer:
         return id_
 
     def preprocess(self, text):
-        """The flavour's preprocess_text: what sentencepiece is given to encode."""
+        """The flavour's preprocess_text: what sentencepiece is given to encode (the fast
+        flavour: the normalized text, before it is cut into words)."""
         text = _as_text(text, "text")
         if self.flavour == "huggingface-fast":
             return hf_fast.normalize(text, self._charsmap, do_lower_case=self.do_lower_case,

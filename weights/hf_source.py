@@ -3,11 +3,11 @@
 The directory holds config.json, the weights (model.safetensors, preferred, or
 pytorch_model.bin, either possibly sharded behind an *.index.json), and optionally
 spiece.model and tokenizer_config.json, or, as transformers 5 saves it, tokenizer.json
-without spiece.model (read by tokenizer_json.py: the "huggingface-fast" flavour). Tensor names are mapped to the TF variable names
-of weights/names.py and nn.Linear weights transposed from torch's [out, in] to TF's
-[in, out]. Task heads this engine does not run (`classifier`, `qa_outputs`) are skipped
-and recorded in `HFModel.notes`; any other unknown tensor is refused, so a mapping gap
-can never silently drop weights.
+without spiece.model (tokenizer_json.py: the "huggingface-fast" flavour). Tensor names
+are mapped to the TF variable names of weights/names.py and nn.Linear weights
+transposed from torch's [out, in] to TF's [in, out]. Task heads this engine does not run
+(`classifier`, `qa_outputs`) are skipped and recorded in `HFModel.notes`; any other
+unknown tensor is refused, so a mapping gap can never silently drop weights.
 """
 from __future__ import annotations
 
