@@ -203,9 +203,10 @@ def _offset(unit: int) -> int:
 # -- grapheme clusters (UAX #29) ----------------------------------------------------------------
 # Only clusters under 6 UTF-8 bytes are looked up whole, so only the rules that can join
 # such short clusters matter: CR LF, controls, Hangul syllables, Extend/ZWJ, SpacingMark,
-# Prepend and regional-indicator pairs. (Rule GB11, emoji ZWJ sequences, and GB9c, Indic
-# conjuncts, join characters of 3-4 bytes each into clusters of at least 6 bytes, which
-# are looked up character by character anyway.) Properties come from Python's
+# Prepend and regional-indicator pairs. Rule GB9c (Indic conjuncts) joins 3-byte
+# characters into clusters of 6+ bytes, looked up character by character anyway; rule
+# GB11 (emoji ZWJ sequences) too, except after © or ®, which is left out: it matters only
+# to a charsmap that maps © or ® (NFKC's does not). Properties come from Python's
 # unicodedata, so characters newer than its Unicode version may be clustered differently.
 _OTHER_EXTEND = {0x09BE, 0x09D7, 0x0B3E, 0x0B57, 0x0BBE, 0x0BD7, 0x0CC2, 0x0CD5, 0x0CD6, 0x0D3E, 0x0D57, 0x0DCF,
                  0x0DDF, 0x1B35, 0x200C, 0x302E, 0x302F, 0xFF9E, 0xFF9F, 0x1133E, 0x11357, 0x114B0, 0x114BD,
