@@ -108,27 +108,35 @@ _ALPHABET = st.one_of(
     st.characters(blacklist_categories=("Cs",)),
     st.sampled_from(list(" \t\n\r\u00a0\u3000,.0123456789`'\"") + [
         "[CLS]", "[MASK]", "<unk>", "[SEP]", "``", "''", "\u0301", "\u1100", "\u1161", "\u11a8", "\ud55c",
-        "\U0001F1E6", "\u200d", "\u0600", "\u0e33", "\u0903", "ﬁ", "Σ", "İ", "the", "city", "9,", "00"]))
+        "\U0001F1E6", "\u200d", "\u200c", "\u0600", "\u0e33", "\u0903", "\u093e", "\u0308", "\u3099", "ｸ",
+        "\U0001F3FB", "①", "ﬁ", "Σ", "İ", "the", "city", "9,", "00"]),
+    # short grapheme clusters: a base the charsmap may map, then marks or joiners
+    st.tuples(st.sampled_from(["a", "e", "ﬁ", "①", "ｸ", "\r", "\u0600", "\u1100"]),
+              st.lists(st.sampled_from(["\u0301", "\u0308", "\u093e", "\u3099", "\u200d", "\n", "\U0001F3FB"]),
+                       min_size=1, max_size=2)).map(lambda t: t[0] + "".join(t[1])))
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
-@given(text=st.lists(_ALPHABET, max_size=20).map("".join), layout=st.sampled_from(["v4", "v5"]))
-def test_random_texts(text, layout, tmp_path_factory):
-    tok, hf = _random_pair(layout, tmp_path_factory)
+@given(text=st.lists(_ALPHABET, max_size=20).map("".join), variant=st.sampled_from(list(VARIANTS)),
+       layout=st.sampled_from(["v4", "v5"]))
+def test_random_texts(text, variant, layout, tmp_path_factory):
+    """Any text, both layouts, with and without accents kept (where grapheme clusters of
+    base and marks reach the charsmap whole)."""
+    tok, hf = _random_pair(variant, layout, tmp_path_factory)
     assert tok.encode(text).input_ids == hf.encode(text).ids
 
 
 _PAIRS = {}
 
 
-def _random_pair(layout, tmp_path_factory):
-    if layout not in _PAIRS:
-        directory = save_fast(tmp_path_factory.mktemp("random"), do_lower_case=True, keep_accents=False)
+def _random_pair(variant, layout, tmp_path_factory):
+    if (variant, layout) not in _PAIRS:
+        directory = save_fast(tmp_path_factory.mktemp("random"), **VARIANTS[variant])
         data = json.loads((directory / "tokenizer.json").read_text())
         data = v5_layout(data) if layout == "v5" else data
         proto, options = read_tokenizer_json(directory / "tokenizer.json", data)
-        _PAIRS[layout] = Tokenizer(proto, **options), tokenizers.Tokenizer.from_str(json.dumps(data))
-    return _PAIRS[layout]
+        _PAIRS[variant, layout] = Tokenizer(proto, **options), tokenizers.Tokenizer.from_str(json.dumps(data))
+    return _PAIRS[variant, layout]
 
 
 def test_transformers_5_fixture():
