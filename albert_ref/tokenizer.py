@@ -218,7 +218,8 @@ class Tokenizer:
         # Face's slow build_inputs_with_special_tokens whenever B is given, its fast
         # tokenizer whenever B is not empty (`if text_pair`).
         if b or (pair and (self.flavour == "huggingface" or (self.flavour == "huggingface-fast" and text_b))):
-            _truncate_seq_pair(a, b, max_seq_length - 3)
+            (_truncate_longest_first if self.flavour == "huggingface-fast" else _truncate_seq_pair)(
+                a, b, max_seq_length - 3)
             pieces = [CLS, *a, SEP, *b, SEP]
             segment_ids = [0] * (len(a) + 2) + [1] * (len(b) + 1)
         else:
@@ -265,6 +266,16 @@ def _truncate_seq_pair(tokens_a, tokens_b, max_length):
     """run_classifier's longest-first truncation: pop from A if longer, else from B."""
     while len(tokens_a) + len(tokens_b) > max_length:
         (tokens_a if len(tokens_a) > len(tokens_b) else tokens_b).pop()
+
+
+def _truncate_longest_first(tokens_a, tokens_b, max_length):
+    """`tokenizers`' LongestFirst: the shorter (A on a tie) keeps up to half, the longer
+    the rest (run_classifier's loop would give A the extra token on a tie)."""
+    if len(tokens_a) + len(tokens_b) > max_length:
+        short, long = (tokens_b, tokens_a) if len(tokens_a) > len(tokens_b) else (tokens_a, tokens_b)
+        keep = min(len(short), max_length // 2)
+        del short[keep:]
+        del long[max_length - keep:]
 
 
 def _as_text(text, name):

@@ -85,10 +85,13 @@ def test_ids_match_fast_tokenizer(fast_dir):
     for text in texts():
         assert tok.encode(text).input_ids == hf(text)["input_ids"], (name, text)
     pairs = [("first text", "second"), ("a ", ""), ("[MASK] x", " y 1,999,")]
+    words = "the city music world 1,999, café year team river zoë's house album".split()
+    pairs += [(" ".join(words[:la]), " ".join(words[::-1][:lb])) for la in (0, 3, 9) for lb in (1, 3, 4, 12)]
     for a, b in pairs:
-        enc = tok.encode(a, b)
-        want = hf(a, b)
-        assert (enc.input_ids, enc.segment_ids) == (want["input_ids"], want["token_type_ids"]), (a, b)
+        for max_len in (4, 7, 8, 64):  # truncation: longest first, as `tokenizers` splits the budget
+            enc = tok.encode(a, b, max_seq_length=max_len)
+            want = hf(a, b, truncation=True, max_length=max_len)
+            assert (enc.input_ids, enc.segment_ids) == (want["input_ids"], want["token_type_ids"]), (a, b, max_len)
 
 
 def test_ids_match_transformers_5_layout(fast_dir, tmp_path):
