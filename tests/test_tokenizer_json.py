@@ -232,6 +232,8 @@ def test_sentence_transformers_fast_only(st_fast, tmp_path, capsys):
     assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max() and cosines(got, want).min() >= 0.99999
     assert main(["info", str(h5)]) == 0
     assert "huggingface-fast preprocessing" in capsys.readouterr().out
+    assert main(["tokenize", str(h5), "--json", "x [MASK] y "]) == 0
+    assert json.loads(capsys.readouterr().out)["input_ids"] == reloaded.tokenize(["x [MASK] y "])["input_ids"][0].tolist()
     # The flavour is part of the digest: the same file with the slow flavour digests differently.
     slow = tmp_path / "slow.h5"
     shutil.copytree(directory, tmp_path / "with_spm")
