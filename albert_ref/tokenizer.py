@@ -6,6 +6,11 @@ Two flavours, each reproducing its source exactly:
   by `encode_pieces`, as `classifier_utils` feeds `FullTokenizer.tokenize`.
 - "huggingface": transformers' slow `AlbertTokenizer.tokenize`, which also turns ``
   and '' into '"', can keep accents, and never splits its special-token strings.
+- "huggingface-fast": transformers' fast tokenizer, the `tokenizers` pipeline of a
+  tokenizer.json (hf_fast.py) over its Unigram vocabulary, which is stored as a
+  sentencepiece model; the only tokenizer of directories saved by transformers 5. remove_space
+  says whether whitespace splits words first (transformers 5's layout) or runs of spaces
+  only collapse to one "▁" (transformers 4's AlbertConverter).
 
 Truncation, layout and padding follow the original `convert_single_example`.
 """
@@ -18,9 +23,10 @@ from pathlib import Path
 import numpy as np
 import sentencepiece as spm
 
+from . import hf_fast, spm_proto
 from .errors import InputError, TokenizerError
 
-FLAVOURS = ("original", "huggingface")
+FLAVOURS = ("original", "huggingface", "huggingface-fast")
 # The tokenizer options and their defaults (google-research/albert's preprocessing, uncased):
 # the one definition that model files, converters and Tokenizer() use.
 DEFAULT_OPTIONS = {"flavour": "original", "do_lower_case": True, "keep_accents": False, "remove_space": True}
@@ -84,8 +90,18 @@ class Tokenizer:
         self.do_lower_case = bool(do_lower_case)
         self.keep_accents = bool(keep_accents)
         self.remove_space = bool(remove_space)
+        if flavour == "huggingface-fast":
+            self._init_fast()
         self.cls_id = self._special_id(CLS)
         self.sep_id = self._special_id(SEP)
+
+    def _init_fast(self):
+        """The fast flavour's charsmap and Unigram segmenter, from the stored model."""
+        charsmap = spm_proto.normalizer_charsmap(self.spm_model)
+        self._charsmap = hf_fast.Charsmap(charsmap) if charsmap else None
+        sp = self._sp
+        self._unigram = hf_fast.Unigram([(sp.IdToPiece(i), sp.GetScore(i)) for i in range(self.vocab_size)],
+                                        sp.unk_id())
 
     @classmethod
     def from_file(cls, path, **options):
@@ -107,8 +123,12 @@ class Tokenizer:
         return id_
 
     def preprocess(self, text):
-        """The flavour's preprocess_text: what sentencepiece is given to encode."""
+        """The flavour's preprocess_text: what sentencepiece is given to encode (the fast
+        flavour: the normalized text, before it is cut into words)."""
         text = _as_text(text, "text")
+        if self.flavour == "huggingface-fast":
+            return hf_fast.normalize(text, self._charsmap, do_lower_case=self.do_lower_case,
+                                     keep_accents=self.keep_accents)
         if self.remove_space:
             text = " ".join(text.strip().split())
         if self.flavour == "huggingface":
@@ -125,6 +145,8 @@ class Tokenizer:
         text = _as_text(text, "text")
         if self.flavour == "original":
             return self._encode_pieces(self.preprocess(text))
+        if self.flavour == "huggingface-fast":
+            return self._tokenize_fast(text)
         # PreTrainedTokenizer.tokenize: lower-case char by char (so a final capital
         # sigma becomes "σ", not "ς") sparing special tokens, then split them out
         # and run _tokenize (preprocess + encode_pieces) on each stretch between.
@@ -140,6 +162,18 @@ class Tokenizer:
                 pieces.append(part)
             elif part:
                 pieces += self._encode_pieces(self.preprocess(part))
+        return pieces
+
+    def _tokenize_fast(self, text):
+        """Special tokens as they are; each stretch between them normalized, cut into
+        Metaspace words and each word segmented on its own."""
+        pieces = []
+        for i, part in enumerate(hf_fast.split_specials(text)):
+            if i % 2:
+                pieces.append(part)
+            elif part and (normalized := self.preprocess(part)):  # `tokenizers` skips empty stretches
+                for word in hf_fast.words(normalized, split_whitespace=self.remove_space):
+                    pieces += self._unigram.segment(word)
         return pieces
 
     def _encode_pieces(self, text):
@@ -166,6 +200,8 @@ class Tokenizer:
         for piece in pieces:
             if not isinstance(piece, str):
                 raise InputError(f"pieces must be str, not {type(piece).__name__}")
+        if self.flavour == "huggingface-fast":
+            return [self._unigram.id(piece) for piece in pieces]
         return [self._sp.PieceToId(piece) for piece in pieces]
 
     def encode(self, text_a, text_b=None, *, max_seq_length=512):
@@ -178,10 +214,12 @@ class Tokenizer:
         a = self.tokenize(_as_text(text_a, name_a))
         b = self.tokenize(_as_text(text_b, name_b)) if pair else []
         total = len(a) + len(b)
-        # The original lays out a pair only when B has pieces (`if tokens_b:`);
-        # Hugging Face's build_inputs_with_special_tokens whenever B is given.
-        if b or (pair and self.flavour == "huggingface"):
-            _truncate_seq_pair(a, b, max_seq_length - 3)
+        # The original lays out a pair only when B has pieces (`if tokens_b:`); Hugging
+        # Face's slow build_inputs_with_special_tokens whenever B is given, its fast
+        # tokenizer whenever B is not empty (`if text_pair`).
+        if b or (pair and (self.flavour == "huggingface" or (self.flavour == "huggingface-fast" and text_b))):
+            (_truncate_longest_first if self.flavour == "huggingface-fast" else _truncate_seq_pair)(
+                a, b, max_seq_length - 3)
             pieces = [CLS, *a, SEP, *b, SEP]
             segment_ids = [0] * (len(a) + 2) + [1] * (len(b) + 1)
         else:
@@ -228,6 +266,16 @@ def _truncate_seq_pair(tokens_a, tokens_b, max_length):
     """run_classifier's longest-first truncation: pop from A if longer, else from B."""
     while len(tokens_a) + len(tokens_b) > max_length:
         (tokens_a if len(tokens_a) > len(tokens_b) else tokens_b).pop()
+
+
+def _truncate_longest_first(tokens_a, tokens_b, max_length):
+    """`tokenizers`' LongestFirst: the shorter (A on a tie) keeps up to half, the longer
+    the rest (run_classifier's loop would give A the extra token on a tie)."""
+    if len(tokens_a) + len(tokens_b) > max_length:
+        short, long = (tokens_b, tokens_a) if len(tokens_a) > len(tokens_b) else (tokens_a, tokens_b)
+        keep = min(len(short), max_length // 2)
+        del short[keep:]
+        del long[max_length - keep:]
 
 
 def _as_text(text, name):

@@ -10,9 +10,10 @@ exactly the pieces given, for tests that derive the expected pieces by hand.
 import functools
 import io
 import random
-import struct
 
 import sentencepiece as spm
+
+from albert_ref.spm_proto import NORMAL, model_proto, varint  # noqa: F401 (varint: for test_tf_bundle)
 
 _WORDS = (
     "the of and to in is was for on that with as by it he she they we you at from his her "
@@ -24,16 +25,6 @@ _ACCENTED = "café naïve résumé über señor façade crème brûlée jalapeñ
 _PLAIN = "cafe naive resume uber senor facade creme brulee jalapeno zoe angstrom deja".split()
 _CJK = "北京 東京 中文 日本語 漢字 大学 東京都 한국어 서울 ひらがな カタカナ".split()
 _EMOJI = "🙂 🎉 👍".split()
-
-
-def varint(n: int) -> bytes:
-    """A protobuf base-128 varint (negative numbers as their 64-bit two's complement)."""
-    n &= (1 << 64) - 1
-    out = bytearray()
-    while n >= 0x80:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    return bytes(out + bytes([n]))
 
 
 def _number(rng):
@@ -99,18 +90,6 @@ def handmade_spm(pieces, specials=SPECIALS):
 
     With equal scores sentencepiece picks the segmentation with the fewest pieces.
     The normalizer is "identity" (no NFKC), with sentencepiece's default dummy "▁"
-    prefix and whitespace handling. Written as raw protobuf, since the protobuf
-    package is not a dependency.
+    prefix and whitespace handling.
     """
-
-    def message(number, payload):  # length-delimited field
-        return varint(number << 3 | 2) + varint(len(payload)) + payload
-
-    def piece(text, kind):  # ModelProto.SentencePiece {piece=1, score=2, type=3}
-        return message(1, message(1, text.encode()) + varint(2 << 3 | 5) + struct.pack("<f", -1.0)
-                       + varint(3 << 3) + varint(kind))
-
-    normal = 1
-    return (b"".join(piece(text, kind) for text, kind in specials)
-            + b"".join(piece(text, normal) for text in pieces)
-            + message(3, message(1, b"identity")))  # normalizer_spec {name}
+    return model_proto([(text, -1.0, kind) for text, kind in specials] + [(text, -1.0, NORMAL) for text in pieces])

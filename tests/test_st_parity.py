@@ -188,7 +188,7 @@ def test_legacy_layout(tmp_path):
 
 
 @pytest.mark.parametrize("change, match", [
-    (lambda d: (d / "spiece.model").unlink(), "no spiece.model"),
+    (lambda d: (d / "spiece.model").unlink(), "no tokenizer"),
     (lambda d: (d / "1_Pooling" / "config.json").write_text('{"embedding_dimension": 32, "pooling_mode": "lasttoken"}'),
      "lasttoken not supported"),
     (lambda d: (d / "1_Pooling" / "config.json").write_text('{"embedding_dimension": 16, "pooling_mode": "mean"}'),

@@ -2,11 +2,12 @@
 
 The directory holds config.json, the weights (model.safetensors, preferred, or
 pytorch_model.bin, either possibly sharded behind an *.index.json), and optionally
-spiece.model and tokenizer_config.json. Tensor names are mapped to the TF variable names
-of weights/names.py and nn.Linear weights transposed from torch's [out, in] to TF's
-[in, out]. Task heads this engine does not run (`classifier`, `qa_outputs`) are skipped
-and recorded in `HFModel.notes`; any other unknown tensor is refused, so a mapping gap
-can never silently drop weights.
+spiece.model and tokenizer_config.json, or, as transformers 5 saves it, tokenizer.json
+without spiece.model (tokenizer_json.py: the "huggingface-fast" flavour). Tensor names
+are mapped to the TF variable names of weights/names.py and nn.Linear weights
+transposed from torch's [out, in] to TF's [in, out]. Task heads this engine does not run
+(`classifier`, `qa_outputs`) are skipped and recorded in `HFModel.notes`; any other
+unknown tensor is refused, so a mapping gap can never silently drop weights.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from albert_ref.tokenizer import DEFAULT_OPTIONS
 
 from .model_file import file_sha256, sha256
 from .names import EMB, MAPPING, MLM, POOLER, SOP, block_prefix, encoder_shapes, head_shapes
+from .tokenizer_json import read_tokenizer_json
 from .torch_pickle import bfloat16_to_float32, load_torch_state_dict
 
 __all__ = ["HFModel", "read_huggingface", "WEIGHT_FILES"]
@@ -79,10 +81,17 @@ def read_huggingface(directory: str | Path) -> HFModel:
         raise ConversionError(f"{directory / 'config.json'}: {exc}") from None
     state, weights_name = _read_weights(directory, sources)
     tensors, notes = _map_tensors(state, config, str(directory / weights_name))
-    spm_path = directory / "spiece.model"
-    spm_model = _read_file(spm_path, sources) if spm_path.is_file() else None
-    return HFModel(config, tensors, spm_model, _tokenizer_options(directory / "tokenizer_config.json", sources),
-                   sources, tuple(notes))
+    spm_path, json_path = directory / "spiece.model", directory / "tokenizer.json"
+    options = _tokenizer_options(directory / "tokenizer_config.json", sources)
+    if spm_path.is_file():
+        spm_model = _read_file(spm_path, sources)
+    elif json_path.is_file():
+        spm_model, fast = read_tokenizer_json(json_path, _read_json(json_path, sources))
+        _check_agrees(fast, directory / "tokenizer_config.json")
+        options = {**options, **fast}
+    else:
+        spm_model = None
+    return HFModel(config, tensors, spm_model, options, sources, tuple(notes))
 
 
 # -- files ------------------------------------------------------------------------------------
@@ -108,6 +117,18 @@ def _hash_file(path: Path, sources: dict[str, str]) -> None:
         sources[path.name] = file_sha256(path)
     except OSError as exc:
         raise ConversionError(f"cannot read {path}: {exc}") from None
+
+
+def _check_agrees(fast: dict, config_path: Path) -> None:
+    """tokenizer_config.json's do_lower_case/keep_accents, where given, must be what
+    tokenizer.json does: transformers 5 rebuilds the normalizer from them, transformers 4
+    runs tokenizer.json's, and they must not disagree."""
+    config = _read_json(config_path, {}) if config_path.is_file() else {}
+    for key in ("do_lower_case", "keep_accents"):
+        if key in config and config[key] != fast[key]:
+            raise ConversionError(f"{config_path}: {key} is {config[key]}, but tokenizer.json's normalizer "
+                                  f"{'does' if fast[key] else 'does not'} "
+                                  f"{'lower-case' if key == 'do_lower_case' else 'keep accents'}")
 
 
 def _tokenizer_options(path: Path, sources: dict[str, str]) -> dict[str, bool]:

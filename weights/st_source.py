@@ -56,9 +56,8 @@ def read_sentence_transformers(directory: str | Path) -> STModel:
     root = modules[0][1]
     hf = read_huggingface(root)
     if hf.spm_model is None:
-        found = "tokenizer.json only, as transformers 5 saves it" if (root / "tokenizer.json").is_file() else "none"
-        raise ConversionError(f"{root}: no spiece.model (tokenizer: {found}); albert-ref needs the sentencepiece "
-                              f"model these checkpoints ship with")
+        raise ConversionError(f"{root}: no tokenizer (spiece.model or tokenizer.json); a sentence-transformers "
+                              f"model embeds texts")
     sources.update({_rel(root / name, directory): digest for name, digest in hf.sources.items()})
     notes = list(hf.notes)
     st_config = _json(root / "sentence_bert_config.json", directory, sources, required=False) or {}
