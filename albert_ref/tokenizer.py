@@ -42,6 +42,25 @@ _HF_SPLIT = re.compile(f"({_HF_SPECIALS_RE})")
 _HF_LSTRIP = "[MASK]"  # AddedToken(lstrip=True): it eats the whitespace before it
 
 
+def check_options(options) -> dict:
+    """`options` when it holds exactly the tokenizer options, each of a known value
+    (the rules a model file's stored options and Tokenizer() both obey); InputError
+    naming the first that does not."""
+    if not isinstance(options, dict) or set(options) != set(DEFAULT_OPTIONS):
+        unknown = sorted(map(str, set(options) - set(DEFAULT_OPTIONS))) if isinstance(options, dict) else []
+        raise InputError(f"tokenizer options must be an object with exactly {', '.join(sorted(DEFAULT_OPTIONS))}"
+                         + (f"; unknown: {', '.join(unknown)}" if unknown else ""))
+    if options["flavour"] not in FLAVOURS:
+        raise InputError(f"tokenizer option flavour {options['flavour']!r} is not one of {', '.join(FLAVOURS)}")
+    for name in ("do_lower_case", "keep_accents", "remove_space"):
+        if not isinstance(options[name], bool):
+            raise InputError(f"tokenizer option {name} must be true or false, got {options[name]!r}")
+    if options["keep_accents"] and options["flavour"] == "original":
+        raise InputError("tokenizer option keep_accents exists only in the Hugging Face flavours; "
+                         "the original always strips accents")
+    return options
+
+
 @dataclass(frozen=True)
 class Encoding:
     """One encoded text or text pair, unpadded."""
@@ -69,11 +88,8 @@ class Tokenizer:
     def __init__(self, spm_model, *, do_lower_case=DEFAULT_OPTIONS["do_lower_case"],
                  flavour=DEFAULT_OPTIONS["flavour"], keep_accents=DEFAULT_OPTIONS["keep_accents"],
                  remove_space=DEFAULT_OPTIONS["remove_space"]):
-        if flavour not in FLAVOURS:
-            raise InputError(f"flavour must be one of {FLAVOURS}, not {flavour!r}")
-        if keep_accents and flavour == "original":
-            raise InputError("keep_accents exists only in the 'huggingface' flavour; "
-                             "the original always strips accents")
+        check_options({"flavour": flavour, "do_lower_case": bool(do_lower_case), "keep_accents": bool(keep_accents),
+                       "remove_space": bool(remove_space)})
         if not isinstance(spm_model, (bytes, bytearray, memoryview)):
             raise InputError(f"spm_model must be the serialized model as bytes, "
                              f"not {type(spm_model).__name__}")

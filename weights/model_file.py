@@ -15,9 +15,9 @@ import numpy as np
 
 from albert_ref.atomic import atomic_path
 from albert_ref.config import AlbertConfig
-from albert_ref.errors import ConfigError, ModelFileError
+from albert_ref.errors import ConfigError, InputError, ModelFileError
 from albert_ref.pipeline import Pipeline
-from albert_ref.tokenizer import DEFAULT_OPTIONS, FLAVOURS
+from albert_ref.tokenizer import DEFAULT_OPTIONS, check_options
 from albert_ref.weights.names import encoder_shapes, head_shapes
 
 FORMAT_NAME = "albert-ref"
@@ -107,19 +107,11 @@ def canonical_json(doc) -> str:
 
 
 def check_tokenizer_options(options) -> dict:
-    """The four tokenizer options, each of a known value (an unknown flavour is refused)."""
-    if not isinstance(options, dict) or set(options) != set(TOKENIZER_OPTIONS):
-        unknown = sorted(set(options) - set(TOKENIZER_OPTIONS)) if isinstance(options, dict) else []
-        raise ModelFileError(f"tokenizer options must be an object with exactly {', '.join(sorted(TOKENIZER_OPTIONS))}"
-                             + (f"; unknown: {', '.join(map(str, unknown))}" if unknown else ""))
-    if options["flavour"] not in FLAVOURS:
-        raise ModelFileError(f"tokenizer option flavour {options['flavour']!r} is not one of {', '.join(FLAVOURS)}")
-    for name in ("do_lower_case", "keep_accents", "remove_space"):
-        if not isinstance(options[name], bool):
-            raise ModelFileError(f"tokenizer option {name} must be true or false, got {options[name]!r}")
-    if options["keep_accents"] and options["flavour"] == "original":
-        raise ModelFileError("tokenizer option keep_accents exists only in the 'huggingface' flavour")
-    return options
+    """tokenizer.check_options, failing as a ModelFileError."""
+    try:
+        return check_options(options)
+    except InputError as exc:
+        raise ModelFileError(str(exc)) from None
 
 
 def sha256(data) -> str:
