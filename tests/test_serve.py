@@ -17,8 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from peers import require_peers  # noqa: E402
 
@@ -26,7 +24,6 @@ httpx, openai, uvicorn = require_peers("httpx", "openai", "uvicorn", extra="serv
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 import albert_ref  # noqa: E402
-from albert_ref.encoder import plan_batches  # noqa: E402
 from albert_ref.kernels import CONTRACT_VERSION  # noqa: E402
 from albert_ref.weights import DEMO_MODEL  # noqa: E402
 from albert_ref.testing import assert_equal_bits  # noqa: E402
@@ -178,9 +175,15 @@ def test_openai_client(main, reference, encoder):
         assert_equal_bits(np.array(d.embedding, np.float32), mean[t], name=f"ids of {t!r}")
     single_ids = client.embeddings.create(model="albert_demo", input=ids[0])
     assert_equal_bits(np.array(single_ids.data[0].embedding, np.float32), mean[texts[0]], name="one list of ids")
-    assert client.embeddings.create(model="m", input=texts[0], dimensions=128).data
-    with pytest.raises(openai.UnprocessableEntityError, match="dimensions 64"):
+    # dimensions: the model's own size is accepted, any other refused with 422 and why
+    same = client.embeddings.create(model="m", input=texts[0], dimensions=128)
+    assert_equal_bits(np.array(same.data[0].embedding, np.float32), mean[texts[0]], name="dimensions=128")
+    with pytest.raises(openai.UnprocessableEntityError) as refused:
         client.embeddings.create(model="albert_demo", input=texts[0], dimensions=64)
+    assert refused.value.status_code == 422
+    assert refused.value.response.json() == {"error": {
+        "message": "dimensions 64 is not offered: this model's vectors have 128 dimensions "
+                   "(omit the field or give 128)", "type": "invalid_request_error", "param": None, "code": 422}}
     with pytest.raises(openai.UnprocessableEntityError, match="max-client-batch-size 8"):
         client.embeddings.create(model="albert_demo", input=POOL[:9])
 
@@ -419,18 +422,6 @@ def test_info_and_metrics(main, encoder):
     for name in ("albert_ref_request_duration_seconds_count", "albert_ref_batch_tokens_count",
                  "albert_ref_forward_seconds_count"):
         assert any(k[0] == name for k in after), name
-
-
-# -- the planner's token bound ------------------------------------------------------------------
-
-@settings(max_examples=60, deadline=None)
-@given(st.lists(st.integers(1, 64), min_size=1, max_size=80), st.integers(1, 16), st.integers(64, 400))
-def test_plan_batches_respects_max_tokens(lengths, batch_size, max_tokens):
-    lengths = sorted(lengths, reverse=True)
-    plan = plan_batches(lengths, batch_size, max_tokens=max_tokens)
-    assert [a for a, _ in plan] == [0] + [b for _, b in plan[:-1]] and plan[-1][1] == len(lengths)
-    for start, stop in plan:
-        assert stop - start <= batch_size and (stop - start) * lengths[start] <= max_tokens
 
 
 def test_readme_openai_example_runs(main):
