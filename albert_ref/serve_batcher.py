@@ -5,10 +5,11 @@ Each text waits as its token ids. When work arrives at an idle batcher it lets a
 collection window pass (so that requests sent together share a pass), unless a full
 batch is already waiting or the texts are left over from the last plan; then it plans
 the oldest waiting texts with the Encoder's planner (plan_batches, at most
-max_batch_requests texts and max_batch_tokens padded tokens a pass) and runs the planned
-batch that holds the oldest text, so that no text waits behind a stream of
-better-fitting ones. By the bit contract a text's vector does not depend on its company
-or padding, so the batcher may choose freely.
+max_batch_requests texts and max_batch_tokens padded tokens a pass, charging each pass
+PASS_OVERHEAD_ROWS) and runs the planned batch that holds the oldest text, so that no
+text waits behind a stream of better-fitting ones. Planning runs outside the lock, so
+that requests arriving meanwhile are queued at once. By the bit contract a text's vector
+does not depend on its company or padding, so the batcher may choose freely.
 
 All model work (loading, warm-up, forward passes) happens on the compute thread: numba's
 default threading layer allows one thread in parallel kernels at a time, and the event
@@ -32,6 +33,16 @@ log = logging.getLogger("albert_ref.serve")
 # The most waiting texts one plan considers, in multiples of max_batch_requests: enough
 # for nearly uniform batches, few enough that planning (O(pool * batch)) stays ~ms.
 POOL_BATCHES = 8
+
+# What the planner charges a forward pass beyond its padded tokens, in token rows: less
+# than offline embed's BATCH_OVERHEAD_ROWS (64), because a text the server leaves out of
+# a pass is not padded into a worse batch later but joins the next plan, with the texts
+# that arrived meanwhile. Measured on bench_serve's base shape (2 cores, Zen 4), a pass
+# costs ~0.9 ms a padded row plus ~10 rows; replaying bench_serve's saturating load
+# through this planner with that cost gives 8-10 texts a pass and 5-6% padding at 24
+# against 12.9 texts and 12% at 64, and 24 stays within 1-4% of the best charge for
+# fixed costs from 4 to 48 rows (benchmarks/RESULTS.md, "Serving").
+PASS_OVERHEAD_ROWS = 24
 
 
 @dataclass(eq=False)
@@ -180,8 +191,8 @@ class Batcher:
     def _take(self) -> list[_Text] | None:
         """The next batch to run, waiting for work and for the collection window; None
         once closing with nothing left."""
-        with self._cond:
-            while True:
+        while True:
+            with self._cond:
                 while not self._pending and not self._closing:
                     self._cond.wait()
                 if not self._pending:
@@ -193,20 +204,24 @@ class Batcher:
                     if left <= 0:
                         break
                     self._cond.wait(left)
-                if self._pending:
-                    self._planned_at = time.monotonic()
-                    return self._plan()
+                if not self._pending:
+                    continue
+                self._planned_at = time.monotonic()
+                pool = self._pending[:POOL_BATCHES * self.max_batch_requests]
+            chosen = {id(t) for t in self._plan(pool)}
+            with self._cond:  # less the texts withdrawn while planning; all of them: plan again
+                if batch := self._remove(lambda t: id(t) in chosen):
+                    return batch
 
     def _full(self) -> bool:
         return len(self._pending) >= self.max_batch_requests or self._pending_tokens >= self.max_batch_tokens
 
-    def _plan(self) -> list[_Text]:
-        """The least-padding batch, among the oldest waiting texts, that holds the oldest."""
-        pool = self._pending[:POOL_BATCHES * self.max_batch_requests]
+    def _plan(self, pool: list[_Text]) -> list[_Text]:
+        """The least-padding batch of the waiting texts `pool` (oldest first) that holds the oldest."""
         lengths = [len(t.ids) for t in pool]
-        rows = next(rows for rows, _ in batches(lengths, self.max_batch_requests, self.max_batch_tokens) if 0 in rows)
-        chosen = {id(pool[i]) for i in rows}
-        return self._remove(lambda t: id(t) in chosen)
+        rows = next(rows for rows, _ in batches(lengths, self.max_batch_requests, self.max_batch_tokens,
+                                                PASS_OVERHEAD_ROWS) if 0 in rows)
+        return [pool[i] for i in rows]
 
     def _remove(self, which) -> list[_Text]:
         """Take the waiting texts `which` selects out of the queue (under the lock)."""
