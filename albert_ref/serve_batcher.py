@@ -37,12 +37,20 @@ POOL_BATCHES = 8
 # What the planner charges a forward pass beyond its padded tokens, in token rows: less
 # than offline embed's BATCH_OVERHEAD_ROWS (64), because a text the server leaves out of
 # a pass is not padded into a worse batch later but joins the next plan, with the texts
-# that arrived meanwhile. Measured on bench_serve's base shape (2 cores, Zen 4), a pass
-# costs ~0.9 ms a padded row plus ~10 rows; replaying bench_serve's saturating load
-# through this planner with that cost gives 8-10 texts a pass and 5-6% padding at 24
-# against 12.9 texts and 12% at 64, and 24 stays within 1-4% of the best charge for
-# fixed costs from 4 to 48 rows (benchmarks/RESULTS.md, "Serving").
+# that arrived meanwhile. benchmarks/bench_serve_plan.py replays bench_serve's saturating
+# load through this planner: with a pass costing ~0.9 ms a padded row plus ~10 rows
+# (base shape, 2 cores of a Zen 4), 24 gives 9.4 texts a pass and 6% padding where 64
+# gave 12.8 and 12% (the server measured 12.9 and 12%), and stays within a few percent
+# of the best charge for fixed costs from 4 to 48 rows.
 PASS_OVERHEAD_ROWS = 24
+
+
+def next_pass(lengths, max_batch_requests: int, max_batch_tokens: int,
+              overhead: int = PASS_OVERHEAD_ROWS) -> np.ndarray:
+    """Which of the waiting texts of these token lengths (oldest first) to run next: the
+    least-padding batch, as plan_batches cuts them all charging `overhead` a pass, that
+    holds the oldest."""
+    return next(rows for rows, _ in batches(lengths, max_batch_requests, max_batch_tokens, overhead) if 0 in rows)
 
 
 @dataclass(eq=False)
@@ -217,11 +225,8 @@ class Batcher:
         return len(self._pending) >= self.max_batch_requests or self._pending_tokens >= self.max_batch_tokens
 
     def _plan(self, pool: list[_Text]) -> list[_Text]:
-        """The least-padding batch of the waiting texts `pool` (oldest first) that holds the oldest."""
-        lengths = [len(t.ids) for t in pool]
-        rows = next(rows for rows, _ in batches(lengths, self.max_batch_requests, self.max_batch_tokens,
-                                                PASS_OVERHEAD_ROWS) if 0 in rows)
-        return [pool[i] for i in rows]
+        return [pool[i] for i in next_pass([len(t.ids) for t in pool], self.max_batch_requests,
+                                           self.max_batch_tokens)]
 
     def _remove(self, which) -> list[_Text]:
         """Take the waiting texts `which` selects out of the queue (under the lock)."""
