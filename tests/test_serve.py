@@ -444,3 +444,14 @@ def test_create_app_refuses_bad_options(options, message):
     from albert_ref.serve import create_app
     with pytest.raises(albert_ref.InputError, match=message):
         create_app(**options)
+
+
+def test_json_numbers_are_the_float32_values_and_never_null():
+    from albert_ref.serve import JSON, json_numbers
+    vectors = np.array([[0.1, -2.5e-8, 3.0, 1e30], [np.float32(1) / 3, -0.0, 7.0, 5e-45]], np.float32)
+    body = JSON({"data": json_numbers(vectors)}).body
+    assert_equal_bits(np.array(json.loads(body)["data"], np.float32), vectors, name="through JSON")
+    assert json.loads(body)["data"][1][0] == float(vectors[1, 0])  # the float32's exact value, not a rounding
+    for bad in (np.nan, np.inf):
+        with pytest.raises(ValueError, match="non-finite values, which JSON numbers cannot carry"):
+            json_numbers(np.array([[1.0, bad]], np.float32))
