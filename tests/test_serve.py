@@ -20,7 +20,7 @@ import pytest
 
 from peers import require_peers  # noqa: E402
 
-httpx, openai, uvicorn = require_peers("httpx", "openai", "uvicorn", extra="serve,test")
+httpx, openai, uvicorn, _ = require_peers("httpx", "openai", "uvicorn", "orjson", extra="serve,test")
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 import albert_ref  # noqa: E402
