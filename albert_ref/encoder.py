@@ -73,12 +73,12 @@ def plan_batches(lengths, batch_size: int, overhead: int = BATCH_OVERHEAD_ROWS,
     return plan[::-1]
 
 
-def batches(lengths, batch_size: int, max_tokens: int | None = None):
+def batches(lengths, batch_size: int, max_tokens: int | None = None, overhead: int = BATCH_OVERHEAD_ROWS):
     """The forward passes for texts of these token lengths: (row indices, width) per batch,
     longest first (peak memory shows at once), as plan_batches cuts them."""
     lengths = np.asarray(lengths, dtype=np.int64)
     order = np.argsort(-lengths, kind="stable")
-    for start, stop in plan_batches(lengths[order], batch_size, max_tokens=max_tokens):
+    for start, stop in plan_batches(lengths[order], batch_size, overhead, max_tokens):
         rows = order[start:stop]
         yield rows, int(lengths[rows[0]])
 

@@ -10,7 +10,8 @@ Overload and bad input are answered, never fatal: 429 with Retry-After beyond
 max_concurrent_requests, 413 beyond payload_limit, 400/422 for bodies that are not JSON
 or ask for something wrong (serve_inputs), 503 until the model is loaded and warm.
 
-Needs the `serve` extra (starlette, uvicorn, prometheus-client).
+Needs the `serve` extra (starlette, uvicorn with httptools and uvloop, orjson,
+prometheus-client).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import orjson
 import prometheus_client as prom
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -160,7 +162,24 @@ class Service:
                            "payload_limit": self.payload_limit}}
 
 
-def error_response(path: str, status: int, message: str, headers: dict | None = None) -> JSONResponse:
+class JSON(JSONResponse):
+    """A JSON response rendered by orjson, which writes numpy arrays natively: the number
+    lists of 32 base-shape vectors take ~1 ms on the event loop, json's ~13 ms."""
+
+    def render(self, content) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def json_numbers(vectors: np.ndarray) -> np.ndarray:
+    """float32 vectors for JSON number lists: as float64, so that each number is written
+    as the float32's exact value (what json writes for float(v)); JSON has no NaN or
+    infinity, so a vector holding one is an error, not a silent null."""
+    if not np.isfinite(vectors).all():
+        raise ValueError("a vector has non-finite values, which JSON numbers cannot carry")
+    return vectors.astype(np.float64)
+
+
+def error_response(path: str, status: int, message: str, headers: dict | None = None) -> JSON:
     """An error in the route's own dialect: OpenAI's {"error": {...}} under /v1/, else
     text-embeddings-inference's {"error": ..., "error_type": ...}."""
     if path.startswith("/v1/"):
@@ -169,7 +188,7 @@ def error_response(path: str, status: int, message: str, headers: dict | None = 
     else:
         kind = {413: "Validation", 429: "Overloaded", 503: "Unhealthy"}.get(status, "Validation")
         body = {"error": message, "error_type": kind if status < 500 or status == 503 else "Backend"}
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSON(body, status_code=status, headers=headers)
 
 
 class _Gate:
@@ -283,12 +302,13 @@ def _openai_embeddings(service: Service):
         seqs, fmt = job
         vectors, headers = await service.embed(seqs, prepared_s)
         tokens = int(headers["x-compute-tokens"])
-        encode = ((lambda v: base64.b64encode(v.astype("<f4").tobytes()).decode("ascii")) if fmt == "base64"
-                  else (lambda v: v.tolist()))
-        return JSONResponse({"object": "list", "model": service.name,
-                             "data": [{"object": "embedding", "index": i, "embedding": encode(v)}
-                                      for i, v in enumerate(vectors)],
-                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}, headers=headers)
+        if fmt == "base64":
+            vectors = [base64.b64encode(v.astype("<f4").tobytes()).decode("ascii") for v in vectors]
+        else:
+            vectors = json_numbers(vectors)
+        return JSON({"object": "list", "model": service.name,
+                     "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)],
+                     "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}, headers=headers)
     return prepare, respond
 
 
@@ -305,7 +325,7 @@ def _tei_embed(service: Service):
     async def respond(job, prepared_s):
         seqs, normalize = job
         vectors, headers = await service.embed(seqs, prepared_s, normalize)
-        return JSONResponse(vectors.tolist(), headers=headers)
+        return JSON(json_numbers(vectors), headers=headers)
     return prepare, respond
 
 
@@ -324,7 +344,7 @@ def _tei_tokenize(service: Service):
         return out
 
     async def respond(job, prepared_s):
-        return JSONResponse(job)
+        return JSON(job)
     return prepare, respond
 
 
@@ -353,7 +373,7 @@ def create_app(model=None, *, pooling: str | None = None, normalize: bool | None
 
     async def health(request):
         if service.batcher.ready.is_set():
-            return JSONResponse({"status": "ok"})
+            return JSON({"status": "ok"})
         if service.batcher.error is not None:
             return error_response("/health", 503, f"the model failed to load: {service.batcher.error}")
         return error_response("/health", 503, "the model is loading")
@@ -361,7 +381,7 @@ def create_app(model=None, *, pooling: str | None = None, normalize: bool | None
     async def info(request):
         if not service.batcher.ready.is_set():
             return error_response("/info", 503, "the model is loading")
-        return JSONResponse(service.info())
+        return JSON(service.info())
 
     async def metrics(request):
         return Response(prom.generate_latest(service.metrics.registry), media_type=prom.CONTENT_TYPE_LATEST)

@@ -5,10 +5,11 @@ Each text waits as its token ids. When work arrives at an idle batcher it lets a
 collection window pass (so that requests sent together share a pass), unless a full
 batch is already waiting or the texts are left over from the last plan; then it plans
 the oldest waiting texts with the Encoder's planner (plan_batches, at most
-max_batch_requests texts and max_batch_tokens padded tokens a pass) and runs the planned
-batch that holds the oldest text, so that no text waits behind a stream of
-better-fitting ones. By the bit contract a text's vector does not depend on its company
-or padding, so the batcher may choose freely.
+max_batch_requests texts and max_batch_tokens padded tokens a pass, charging each pass
+PASS_OVERHEAD_ROWS) and runs the planned batch that holds the oldest text, so that no
+text waits behind a stream of better-fitting ones. Planning runs outside the lock, so
+that requests arriving meanwhile are queued at once. By the bit contract a text's vector
+does not depend on its company or padding, so the batcher may choose freely.
 
 All model work (loading, warm-up, forward passes) happens on the compute thread: numba's
 default threading layer allows one thread in parallel kernels at a time, and the event
@@ -32,6 +33,24 @@ log = logging.getLogger("albert_ref.serve")
 # The most waiting texts one plan considers, in multiples of max_batch_requests: enough
 # for nearly uniform batches, few enough that planning (O(pool * batch)) stays ~ms.
 POOL_BATCHES = 8
+
+# What the planner charges a forward pass beyond its padded tokens, in token rows: less
+# than offline embed's BATCH_OVERHEAD_ROWS (64), because a text the server leaves out of
+# a pass is not padded into a worse batch later but joins the next plan, with the texts
+# that arrived meanwhile. benchmarks/bench_serve_plan.py replays bench_serve's saturating
+# load through this planner: with a pass costing ~0.9 ms a padded row plus ~10 rows
+# (base shape, 2 cores of a Zen 4), 24 gives 9.4 texts a pass and 6% padding where 64
+# gave 12.8 and 12% (the server measured 12.9 and 12%), and stays within a few percent
+# of the best charge for fixed costs from 4 to 48 rows.
+PASS_OVERHEAD_ROWS = 24
+
+
+def next_pass(lengths, max_batch_requests: int, max_batch_tokens: int,
+              overhead: int = PASS_OVERHEAD_ROWS) -> np.ndarray:
+    """Which of the waiting texts of these token lengths (oldest first) to run next: the
+    least-padding batch, as plan_batches cuts them all charging `overhead` a pass, that
+    holds the oldest."""
+    return next(rows for rows, _ in batches(lengths, max_batch_requests, max_batch_tokens, overhead) if 0 in rows)
 
 
 @dataclass(eq=False)
@@ -180,8 +199,8 @@ class Batcher:
     def _take(self) -> list[_Text] | None:
         """The next batch to run, waiting for work and for the collection window; None
         once closing with nothing left."""
-        with self._cond:
-            while True:
+        while True:
+            with self._cond:
                 while not self._pending and not self._closing:
                     self._cond.wait()
                 if not self._pending:
@@ -193,20 +212,21 @@ class Batcher:
                     if left <= 0:
                         break
                     self._cond.wait(left)
-                if self._pending:
-                    self._planned_at = time.monotonic()
-                    return self._plan()
+                if not self._pending:
+                    continue
+                self._planned_at = time.monotonic()
+                pool = self._pending[:POOL_BATCHES * self.max_batch_requests]
+            chosen = {id(t) for t in self._plan(pool)}
+            with self._cond:  # less the texts withdrawn while planning; all of them: plan again
+                if batch := self._remove(lambda t: id(t) in chosen):
+                    return batch
 
     def _full(self) -> bool:
         return len(self._pending) >= self.max_batch_requests or self._pending_tokens >= self.max_batch_tokens
 
-    def _plan(self) -> list[_Text]:
-        """The least-padding batch, among the oldest waiting texts, that holds the oldest."""
-        pool = self._pending[:POOL_BATCHES * self.max_batch_requests]
-        lengths = [len(t.ids) for t in pool]
-        rows = next(rows for rows, _ in batches(lengths, self.max_batch_requests, self.max_batch_tokens) if 0 in rows)
-        chosen = {id(pool[i]) for i in rows}
-        return self._remove(lambda t: id(t) in chosen)
+    def _plan(self, pool: list[_Text]) -> list[_Text]:
+        return [pool[i] for i in next_pass([len(t.ids) for t in pool], self.max_batch_requests,
+                                           self.max_batch_tokens)]
 
     def _remove(self, which) -> list[_Text]:
         """Take the waiting texts `which` selects out of the queue (under the lock)."""

@@ -55,7 +55,8 @@ def add_serve_parser(sub) -> None:
         p.add_argument("--" + name.replace("_", "-"), type=type(DEFAULTS[name]), default=DEFAULTS[name],
                        help=help + " (default %(default)s)")
     from albert_ref.cli_options import add_backend_options
-    add_backend_options(p)
+    from albert_ref.ops import CONTRACT_BACKENDS
+    add_backend_options(p, CONTRACT_BACKENDS)  # the bit contract is the server's promise: float32, no numpy
     p.set_defaults(func=run_serve)
 
 
@@ -67,8 +68,6 @@ def run_serve(args) -> None:
     except ImportError as exc:
         raise AlbertRefError(f"albert-ref serve needs the serve extra: pip install 'albert-ref[serve]' ({exc})") \
             from None
-    if args.dtype not in (None, "float32"):
-        raise AlbertRefError("the server computes in float32 (the bit contract); drop --dtype")
     model = args.model
     if model is None:
         from albert_ref.weights import DEMO_MODEL

@@ -13,7 +13,8 @@ throughout; each of --rounds rounds then measures, one after the other:
    no new requests: throughput in the steady state (texts answered in the last two
    thirds of the time, divided by it), latency percentiles, and from /metrics the
    texts per forward pass, the padded share of its tokens, and the share of the time
-   the compute thread spent in forward passes. With one client every forward pass holds that one text, so the
+   the compute thread spent in forward passes, and the CPU the clients took (a share of
+   one core). With one client every forward pass holds that one text, so the
    server's x-inference-time header is the text's own forward time, and latency minus
    it is what the server adds.
 
@@ -117,9 +118,11 @@ def passes(url: str) -> np.ndarray:
 
 
 def measure(url, texts, clients, seconds):
-    before, start = passes(url), time.perf_counter()
+    """The load's results, /metrics' change, the seconds it took, and the CPU seconds the
+    clients (this process) used: on loopback they share the server's cores."""
+    before, start, cpu = passes(url), time.perf_counter(), time.process_time()
     results = asyncio.run(load(url, texts, clients, seconds))
-    return results, passes(url) - before, time.perf_counter() - start
+    return results, passes(url) - before, time.perf_counter() - start, time.process_time() - cpu
 
 
 def free_port() -> int:
@@ -188,7 +191,7 @@ def main():
           f"{', '.join(map(str, args.clients))} client(s) for {args.seconds:g} s each; offline embed's passes: "
           f"{len(texts) / len(planned):.1f} texts a pass, padding {1 - sum(lengths) / sum(p for _, p in planned):.0%}")
     print("\n| round | offline texts/s | " + " | ".join(
-        f"{c} client(s): texts/s (of offline), p50 / p99 ms, texts a pass, padding, compute busy"
+        f"{c} client(s): texts/s (of offline), p50 / p99 ms, texts a pass, padding, compute busy, client CPU"
         for c in args.clients) + " |")
     print("|---:|---:|" + "---:|" * len(args.clients))
     ratios = {c: [] for c in args.clients}
@@ -196,13 +199,13 @@ def main():
     overhead, solo_forward, solo_latency = [], [], []
     for r, (rate, runs) in enumerate(rounds, 1):
         cells = []
-        for clients, results, (n_passes, n_texts, padded, real, busy), elapsed in runs:
+        for clients, results, (n_passes, n_texts, padded, real, busy), elapsed, client_cpu in runs:
             latency = np.array([x[1] for x in results])
             served = sum(args.seconds / 3 <= x[4] <= args.seconds for x in results) / (args.seconds * 2 / 3)
             ratios[clients].append(served / rate)
             cells.append(f"{served:.2f} ({served / rate:.0%}), {1e3 * np.median(latency):.0f} / "
                          f"{1e3 * np.percentile(latency, 99):.0f}, {n_texts / n_passes:.1f}, {1 - real / padded:.0%}, "
-                         f"{busy / elapsed:.0%}")
+                         f"{busy / elapsed:.0%}, {client_cpu / elapsed:.0%}")
             answered += len(results)
             mismatches += sum(not np.array_equal(v.view(np.uint32), reference[i].view(np.uint32))
                               for i, _, _, v, _ in results)

@@ -150,6 +150,18 @@ def test_plan_batches_splits_a_steep_tail():
     assert plan_batches([20] * 64, 32) == [(0, 32), (32, 64)]   # uniform lengths: full batches
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(1, 64), min_size=1, max_size=80), st.integers(1, 16), st.integers(64, 400),
+       st.sampled_from([0, 24, 64]))
+def test_plan_batches_respects_max_tokens(lengths, batch_size, max_tokens, overhead):
+    """The server's bound: no pass over max_tokens padded tokens, whatever a pass costs."""
+    lengths = sorted(lengths, reverse=True)
+    plan = plan_batches(lengths, batch_size, overhead, max_tokens)
+    assert [a for a, _ in plan] == [0] + [b for _, b in plan[:-1]] and plan[-1][1] == len(lengths)
+    for start, stop in plan:
+        assert stop - start <= batch_size and (stop - start) * lengths[start] <= max_tokens
+
+
 def test_max_seq_length_below_two_is_refused(encoder):
     """[CLS] and [SEP] alone take two positions: a shorter limit is a named error, for the
     Encoder and everything built on it (the server's truncation included)."""

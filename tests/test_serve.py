@@ -17,16 +17,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from peers import require_peers  # noqa: E402
 
-httpx, openai, uvicorn = require_peers("httpx", "openai", "uvicorn", extra="serve,test")
+httpx, openai, uvicorn, _ = require_peers("httpx", "openai", "uvicorn", "orjson", extra="serve,test")
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 import albert_ref  # noqa: E402
-from albert_ref.encoder import plan_batches  # noqa: E402
 from albert_ref.kernels import CONTRACT_VERSION  # noqa: E402
 from albert_ref.weights import DEMO_MODEL  # noqa: E402
 from albert_ref.testing import assert_equal_bits  # noqa: E402
@@ -178,9 +175,15 @@ def test_openai_client(main, reference, encoder):
         assert_equal_bits(np.array(d.embedding, np.float32), mean[t], name=f"ids of {t!r}")
     single_ids = client.embeddings.create(model="albert_demo", input=ids[0])
     assert_equal_bits(np.array(single_ids.data[0].embedding, np.float32), mean[texts[0]], name="one list of ids")
-    assert client.embeddings.create(model="m", input=texts[0], dimensions=128).data
-    with pytest.raises(openai.UnprocessableEntityError, match="dimensions 64"):
+    # dimensions: the model's own size is accepted, any other refused with 422 and why
+    same = client.embeddings.create(model="m", input=texts[0], dimensions=128)
+    assert_equal_bits(np.array(same.data[0].embedding, np.float32), mean[texts[0]], name="dimensions=128")
+    with pytest.raises(openai.UnprocessableEntityError) as refused:
         client.embeddings.create(model="albert_demo", input=texts[0], dimensions=64)
+    assert refused.value.status_code == 422
+    assert refused.value.response.json() == {"error": {
+        "message": "dimensions 64 is not offered: this model's vectors have 128 dimensions "
+                   "(omit the field or give 128)", "type": "invalid_request_error", "param": None, "code": 422}}
     with pytest.raises(openai.UnprocessableEntityError, match="max-client-batch-size 8"):
         client.embeddings.create(model="albert_demo", input=POOL[:9])
 
@@ -421,18 +424,6 @@ def test_info_and_metrics(main, encoder):
         assert any(k[0] == name for k in after), name
 
 
-# -- the planner's token bound ------------------------------------------------------------------
-
-@settings(max_examples=60, deadline=None)
-@given(st.lists(st.integers(1, 64), min_size=1, max_size=80), st.integers(1, 16), st.integers(64, 400))
-def test_plan_batches_respects_max_tokens(lengths, batch_size, max_tokens):
-    lengths = sorted(lengths, reverse=True)
-    plan = plan_batches(lengths, batch_size, max_tokens=max_tokens)
-    assert [a for a, _ in plan] == [0] + [b for _, b in plan[:-1]] and plan[-1][1] == len(lengths)
-    for start, stop in plan:
-        assert stop - start <= batch_size and (stop - start) * lengths[start] <= max_tokens
-
-
 def test_readme_openai_example_runs(main):
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     section = readme.split("\n## Serving\n", 1)[1].split("\n## ", 1)[0]
@@ -453,3 +444,14 @@ def test_create_app_refuses_bad_options(options, message):
     from albert_ref.serve import create_app
     with pytest.raises(albert_ref.InputError, match=message):
         create_app(**options)
+
+
+def test_json_numbers_are_the_float32_values_and_never_null():
+    from albert_ref.serve import JSON, json_numbers
+    vectors = np.array([[0.1, -2.5e-8, 3.0, 1e30], [np.float32(1) / 3, -0.0, 7.0, 5e-45]], np.float32)
+    body = JSON({"data": json_numbers(vectors)}).body
+    assert_equal_bits(np.array(json.loads(body)["data"], np.float32), vectors, name="through JSON")
+    assert json.loads(body)["data"][1][0] == float(vectors[1, 0])  # the float32's exact value, not a rounding
+    for bad in (np.nan, np.inf):
+        with pytest.raises(ValueError, match="non-finite values, which JSON numbers cannot carry"):
+            json_numbers(np.array([[1.0, bad]], np.float32))
