@@ -294,6 +294,12 @@ def test_op_equals_reference(backend, case):
     assert_contract_bits(OPS[case](ops, _rng(case)), OPS[case](REFERENCE, _rng(case)))
 
 
+def test_simulator_subset_names_table_cases():
+    """A misspelt id in the simulator's subset would drop a case silently."""
+    assert SIM_GPU_ONLY <= set(OPS) and SIM_TILINGS <= set(OPS)
+    assert SIM_FULL in BACKENDS and not SIM_TILINGS & SIM_GPU_ONLY
+
+
 def test_signed_zero_case_makes_negative_zero():
     """The premise of dense-signed-zero: the reference's result starts with -0.0."""
     assert np.signbit(OPS["dense-signed-zero"](REFERENCE, None)[0, 0])
