@@ -5,12 +5,13 @@
 Stages (each in its own try/except: a failure is reported and the next stage runs):
   setup     make `albert_ref` importable (pip install -e . --no-deps, else an import shim),
             report versions, the GPU, and the kernels' registers / spills / shared memory
-  tiny      bit equality cuda == reference on the tiny test configs (heads, hidden states)
+  conformance  the conformance suite's cuda rows on the GPU (tests/test_conformance.py -k cuda:
+            every op case and tiny model, three tilings, bit equality with the reference; the
+            device math; GPU-sized shapes against the cpu kernels) and tests/test_cuda_ptx.py
   xlarge    bit equality cuda == cpu (the fast CPU kernels, bit-identical to the reference)
             on the TF-Hub albert_xlarge/2 config with random weights: 8 x 128 all real, and
             8 x 128 padded with mixed lengths (real positions); plus the padded sequence
             alone == in the batch, on the GPU
-  tests     pytest tests/test_cuda_kernels.py tests/test_cuda_ptx.py on the GPU
   gemm      the dense kernel alone at xlarge FFN shapes for several tilings (TFLOP/s,
             bits equal across tilings) against torch.matmul float32 (TF32 off)
   profile   one xlarge forward at 32 x 128, time per op kind
@@ -202,11 +203,6 @@ def _bits_report(got, want):
     return res
 
 
-def _full_params(config, seed, heads=("mlm", "sop")):
-    from albert_ref.weights.random_model import random_params
-    return random_params(config, seed, heads=heads)
-
-
 def _forward(ops, raw, config, ids, mask, segs, heads=(), hidden_states=False):
     import numpy as np
 
@@ -217,27 +213,6 @@ def _forward(ops, raw, config, ids, mask, segs, heads=(), hidden_states=False):
     if hidden_states:
         out["hidden_states"] = np.stack([np.asarray(h) for h in out["hidden_states"]])
     return {k: np.asarray(v) for k, v in out.items()}
-
-
-@stage("tiny")
-def tiny():
-    sys.path.insert(0, str(REPO / "tests"))
-    from model_util import TINY_VARIANTS, random_inputs, tiny_config
-
-    from albert_ref.cuda_backend import CudaOps
-    from albert_ref.kernel_backend import KernelOps
-    configs = TINY_VARIANTS
-    cuda_ops, ref = CudaOps(), KernelOps(False)
-    res = {}
-    for name, over in configs.items():
-        config = tiny_config(**over)
-        raw = _full_params(config, 1)
-        ids, mask, segs = random_inputs(config, [9, 3, 1, 0, 6], seq_len=11, seed=2)
-        got = _forward(cuda_ops, raw, config, ids, mask, segs, ("mlm", "sop"), True)
-        want = _forward(ref, raw, config, ids, mask, segs, ("mlm", "sop"), True)
-        res[name] = all(_bits_report(got[k], want[k])["equal"] for k in want)
-        log(f"  {name}: {'bit-identical' if res[name] else 'DIFFERENT: ' + str({k: _bits_report(got[k], want[k]) for k in want})}")
-    return {"equal": all(res.values()), "configs": res}
 
 
 def _xlarge_params(config, seed=0):
@@ -297,16 +272,16 @@ def xlarge():
     return {"equal": all(r["equal"] for r in res.values()), "cases": res}
 
 
-@stage("tests")
-def tests(out_dir):
-    cmd = [sys.executable, "-m", "pytest", "tests/test_cuda_kernels.py", "tests/test_cuda_ptx.py", "-q", "-rs",
-           "-p", "no:cacheprovider", "-k", "not test_under_simulator", "-o", "addopts="]
+@stage("conformance")
+def conformance(out_dir):
+    cmd = [sys.executable, "-m", "pytest", "tests/test_conformance.py", "tests/test_cuda_ptx.py", "-q", "-rs",
+           "-p", "no:cacheprovider", "-k", "cuda and not under_simulator", "-o", "addopts="]
     env = dict(os.environ)
     if RESULTS["stages"].get("setup", {}).get("import") == "source-tree shim":
         log("  (albert_ref is not installed: running the tests through the import shim)")
         cmd = [sys.executable, "-c", "import sys, runpy; sys.path.insert(0, 'benchmarks'); import gpu_check as g; "
                "g._shim_import(); import pytest; sys.exit(pytest.main(sys.argv[1:]))"] + cmd[3:]
-    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=420)
     (out_dir / "gpu_tests.log").write_text(r.stdout + "\n" + r.stderr)
     tail = r.stdout.strip().splitlines()[-15:]
     for line in tail:
@@ -525,13 +500,13 @@ def summary_table():
     lines = [f"GPU: {RESULTS.get('device', '?')}   total {elapsed():.0f} s"]
     for name, st in RESULTS["stages"].items():
         extra = ""
-        if name in ("tiny", "xlarge") and st.get("ok"):
+        if name == "xlarge" and st.get("ok"):
             extra = "bit-identical" if st.get("equal") else "DIFFERENT"
-        elif name == "tests" and st.get("ok"):
+        elif name == "conformance" and st.get("ok"):
             extra = st.get("summary", "")
         elif not st.get("ok"):
             extra = st.get("error", "")[:100]
-        lines.append(f"  {name:8s} {'ok' if st.get('ok') else 'FAIL':4s} {st.get('seconds', 0):6.1f} s  {extra}")
+        lines.append(f"  {name:11s} {'ok' if st.get('ok') else 'FAIL':4s} {st.get('seconds', 0):6.1f} s  {extra}")
     tm = RESULTS["stages"].get("timing", {})
     if tm.get("ok"):
         lines.append(f"  xlarge x 128 tokens, seconds per forward ({tm.get('torch_model')}):")
@@ -559,7 +534,7 @@ def main():
     skip = set(filter(None, args.skip.split(",")))
     os.chdir(REPO)
     if setup()["ok"]:
-        for name, fn, a in (("tiny", tiny, ()), ("xlarge", xlarge, ()), ("tests", tests, (out,)),
+        for name, fn, a in (("conformance", conformance, (out,)), ("xlarge", xlarge, ()),
                             ("gemm", gemm_sweep, ()), ("profile", profile, ()),
                             ("timing", timing, ([8, 32] if args.quick else [8, 32, 128],))):
             if name in skip or (args.quick and name == "gemm"):

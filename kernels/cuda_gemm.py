@@ -40,7 +40,7 @@ _ZERO = np.float32(0.0)
 _U = np.uint64        # index cast: unsigned indices skip Python's negative-index wraparound code
 
 # (TY, TX, BK): TY*TX threads per CTA, output tile (8*TY) x (8*TX), k tile BK. Speed only:
-# the bits are the same for every tile (tests/test_cuda_kernels.py runs several).
+# the bits are the same for every tile (tests/test_conformance.py runs three).
 DEFAULT_TILE = (8, 16, 8)
 STATIC_SMEM_LIMIT = 48 * 1024
 

@@ -90,11 +90,17 @@ define void @probe(<16 x float>* %p) {
 
 @functools.lru_cache(maxsize=None)
 def target() -> Target:
-    """Compiles _PROBE for Numba's own target (triple, CPU name, features: its cache key)."""
-    import llvmlite.binding as ll
+    """Numba's own target (triple, CPU name, features: its cache key), probed."""
     from numba.core.registry import cpu_target
 
-    triple, cpu, features = cpu_target.target_context.codegen().magic_tuple()
+    return probe(*cpu_target.target_context.codegen().magic_tuple())
+
+
+def probe(triple: str, cpu: str, features: str) -> Target:
+    """Compiles _PROBE for an LLVM target; any architecture LLVM has (aarch64 included: NEON's
+    q registers print as v0.4s, neither ymm nor zmm, so 128 bits and fmla, no fmaf call)."""
+    import llvmlite.binding as ll
+
     machine = ll.Target.from_triple(triple).create_target_machine(cpu=cpu, features=features)
     asm = machine.emit_assembly(ll.parse_assembly(_PROBE))
     bits = 512 if "zmm" in asm else 256 if "ymm" in asm else 128

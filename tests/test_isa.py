@@ -36,6 +36,22 @@ def test_target_runs_variants_no_wider_than_its_vectors(bits, fma, variants):
     assert isa.Target("cpu", bits, fma).variants == variants
 
 
+@pytest.mark.parametrize("triple, cpu, want", [
+    ("aarch64-unknown-linux-gnu", "generic", isa.Target("generic", 128, True)),          # what qemu-aarch64 shows
+    ("aarch64-unknown-linux-gnu", "neoverse-v1", isa.Target("neoverse-v1", 128, True)),  # Graviton 3 (SVE: not used)
+    ("arm64-apple-macosx", "apple-m1", isa.Target("apple-m1", 128, True)),
+    ("x86_64-unknown-linux-gnu", "x86-64", isa.Target("x86-64", 128, False)),
+    ("x86_64-unknown-linux-gnu", "haswell", isa.Target("haswell", 256, True)),
+    ("x86_64-unknown-linux-gnu", "skylake-avx512", isa.Target("skylake-avx512", 512, True)),
+])
+def test_probe_reads_each_architectures_vectors(triple, cpu, want):
+    """Arm64 (NEON) runs the 128-bit variant, as benchmarks/arm64_check.sh checks under
+    emulation; the probe is LLVM's own code generation for that target, on any host."""
+    ll.initialize_all_targets()
+    ll.initialize_all_asmprinters()
+    assert isa.probe(triple, cpu, "") == want
+
+
 def test_default_is_the_widest_variant_the_target_runs(no_env):
     assert isa.select() == isa.VARIANTS[isa.target().variants[0]]
     assert KernelOps(True).isa == isa.select()
