@@ -34,10 +34,10 @@ class PackedKernel:
 
     __slots__ = ("panels", "shape", "variant")
 
-    def __init__(self, array, kernels: _isa.KernelSet):
+    def __init__(self, array, kernels: _isa.KernelSet, threads: int = 1):
         self.shape = array.shape
         self.variant = kernels.variant
-        self.panels = kernels.pack(array)
+        self.panels = kernels.pack(array, threads)
 
 
 _HEAP_LIMITED = False
@@ -162,7 +162,7 @@ class KernelOps:
         if is_dense_kernel(name):
             if array.ndim != 2:
                 raise ValueError(f"{name}: a dense kernel must be 2-D, got shape {array.shape}")
-            return PackedKernel(array, self._kernels) if self.fast else array
+            return PackedKernel(array, self._kernels, self.threads) if self.fast else array
         return array
 
     # -- ops ----------------------------------------------------------------------------------

@@ -170,17 +170,19 @@ def make_micro(mr, nr, vw):
 
 # --- fast: packing and the tiled driver -------------------------------------------------------
 
-@njit(**_JIT)
-def pack_b(w, nr):
-    """W [K, N] -> panels [ceil(N/nr), K, nr], zero-padded columns. Done once per weight."""
+@njit(nogil=True, **_JIT)
+def pack_b(w, out, part, parts):
+    """W [K, N] -> out [ceil(N/nr), K, nr]: NR-column panels, columns past N zero. Done once
+    per weight, slice `part` of `parts` of the panels (albert_ref.parts)."""
     K, N = w.shape
-    npan = (N + nr - 1) // nr
-    out = np.zeros((npan, K, nr), dtype=np.float32)
-    for p in range(npan):
+    npan, _, nr = out.shape
+    for p in range(npan * part // parts, npan * (part + 1) // parts):
+        cols = min(nr, N - p * nr)
         for k in range(K):
-            for j in range(min(nr, N - p * nr)):
+            for j in range(cols):
                 out[p, k, j] = w[k, p * nr + j]
-    return out
+            for j in range(cols, nr):
+                out[p, k, j] = 0.0
 
 
 @njit(**_JIT)
