@@ -205,10 +205,12 @@ def main(argv=None) -> int:
     if threading.current_thread() is threading.main_thread():
         handlers = {signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler),
                     signal.SIGTERM: signal.signal(signal.SIGTERM, _interrupt)}
+    from albert_ref.compile_notice import notice_compilation
     from albert_ref.kernel_backend import limit_heap_retention
     limit_heap_retention()  # this process is ours: keep freed weight-sized buffers out of the heap
     try:
-        args.func(args)
+        with notice_compilation():  # a first run compiles for seconds: say so
+            args.func(args)
     except CheckFailed as exc:
         print(f"albert-ref: error: {exc}", file=sys.stderr)
         return 1

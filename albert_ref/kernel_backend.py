@@ -21,6 +21,7 @@ import numpy as np
 from albert_ref.ops import embedding_indices, real_keys, size_class
 from albert_ref.errors import IsaError
 from albert_ref.forward import is_dense_kernel
+from albert_ref.parts import run_parts
 from albert_ref.kernels import attention as _att
 from albert_ref.kernels import embed as _emb
 from albert_ref.kernels import gemm as _gemm
@@ -33,10 +34,10 @@ class PackedKernel:
 
     __slots__ = ("panels", "shape", "variant")
 
-    def __init__(self, array, kernels: _isa.KernelSet):
+    def __init__(self, array, kernels: _isa.KernelSet, threads: int = 1):
         self.shape = array.shape
         self.variant = kernels.variant
-        self.panels = kernels.pack(array)
+        self.panels = kernels.pack(array, threads)
 
 
 _HEAP_LIMITED = False
@@ -155,17 +156,13 @@ class KernelOps:
         """A scope (one forward pass) within which results reuse dead results' buffers."""
         return self._workspace.scope()
 
-    def _threads(self):
-        # set per call: numba's setting is per calling thread
-        numba.set_num_threads(self.threads)
-
     # -- parameters ---------------------------------------------------------------------
     def prepare(self, name, array):
         array = _f32(array)
         if is_dense_kernel(name):
             if array.ndim != 2:
                 raise ValueError(f"{name}: a dense kernel must be 2-D, got shape {array.shape}")
-            return PackedKernel(array, self._kernels) if self.fast else array
+            return PackedKernel(array, self._kernels, self.threads) if self.fast else array
         return array
 
     # -- ops ----------------------------------------------------------------------------------
@@ -184,8 +181,7 @@ class KernelOps:
         r2 = _f32(residual).reshape(-1, n) if has_res else x2
         out = self._workspace.empty(x2.shape)
         if self.fast:
-            self._threads()
-            _ln.layer_norm_fast(x2, r2, has_res, gamma, beta, np.float32(eps), out)
+            run_parts(_ln.layer_norm_part, self.threads, x2, r2, has_res, gamma, beta, np.float32(eps), out)
         else:
             _ln.layer_norm_ref(x2, r2, has_res, gamma, beta, np.float32(eps), out)
         return out.reshape(shape)
@@ -201,7 +197,6 @@ class KernelOps:
         if self.fast:
             if kernel.variant != self.isa:
                 raise ValueError(f"dense: kernel packed for isa {kernel.variant.name!r}, backend runs {self.isa.name!r}")
-            self._threads()
             self._kernels.dense(x2, kernel.panels, bias, act, self.threads, out)
         else:
             _gemm.dense_ref(x2, kernel, bias, act, out)
@@ -216,8 +211,7 @@ class KernelOps:
         scale = _att.attention_scale(H // num_heads)
         out = self._workspace.empty(q.shape)
         if self.fast:
-            self._threads()
-            self._kernels.attention(q, k, v, mask, num_heads, scale, out)
+            self._kernels.attention(q, k, v, mask, num_heads, scale, out, self.threads)
         else:
             _att.attention_ref(q, k, v, mask, num_heads, scale, out)
         return out

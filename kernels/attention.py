@@ -15,7 +15,7 @@ For head h (columns h*d .. h*d+d-1 of q, k, v), every query position i (padded o
 Masked keys take no part at all: their weight is exactly 0 by construction, and the
 result at any position does not depend on padding or on the other sequences.
 
-`attention_fast` is a template, compiled per instruction-set variant by isa.py: it reads
+`attention_part` is a template, compiled per instruction-set variant by isa.py: it reads
 MR, NR and `gemm_tile` (the variant's dense kernel) from the variant's namespace.
 """
 from __future__ import annotations
@@ -23,10 +23,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from .fmath import exp32
-from .gemm import dot_ref
+from .gemm import ORIGIN, dot_ref
 from .reduce import lane_sum, lane_sum_ref
 
 def attention_scale(d):
@@ -123,16 +123,19 @@ def softmax_rows(sc, ldc, rows, n, scale, lanes):
             row[j] = row[j] / total
 
 
-def attention_fast(q, k, v, mask, num_heads, scale, out):
+def attention_part(q, k, v, mask, num_heads, scale, out, part, parts):
     """Per (sequence, head), two contract GEMMs on the dense micro-kernel: scores =
     Q_h K_h^T with Q_h read in place from q, then context = W V_h written in place into
-    out. Only the real keys of K_h and V_h are packed (as B panels)."""
+    out. Only the real keys of K_h and V_h are packed (as B panels). Slice `part` of
+    `parts` (albert_ref.parts) takes the part-th of `parts` equal runs of the B * heads
+    pairs, each of which writes its own columns of out."""
     B, S, H = q.shape
     d = H // num_heads
     dp = (d + NR - 1) // NR
     qf = q.reshape(q.size)
     of = out.reshape(out.size)
-    for t in prange(B * num_heads):
+    pairs = B * num_heads
+    for t in range(pairs * part // parts, pairs * (part + 1) // parts):
         b = t // num_heads
         c0 = (t % num_heads) * d
         row0 = b * S * H + c0                   # flat index of [b, 0, c0] in q and out
@@ -150,6 +153,8 @@ def attention_fast(q, k, v, mask, num_heads, scale, out):
                 vb[c // NR, j, c % NR] = vj[c]
         tmp = np.empty(MR * NR, dtype=np.float32)
         sc = np.empty(S * ldc, dtype=np.float32)
-        gemm_tile(qf, row0, H, S, kb, sc, 0, ldc, ldc, 0, S, 0, ldc, 0, d, tmp, np.empty((MR, d), dtype=np.float32))
+        gemm_tile(qf, row0, H, S, kb, sc, ORIGIN, ldc, ldc, ORIGIN, S, ORIGIN, ldc, ORIGIN, d, tmp,
+                  np.empty((MR, d), dtype=np.float32))
         softmax_rows(sc, ldc, S, n, scale, np.empty(16, dtype=np.float32))
-        gemm_tile(sc, 0, ldc, S, vb, of, row0, H, d, 0, S, 0, d, 0, n, tmp, np.empty((MR, n), dtype=np.float32))
+        gemm_tile(sc, ORIGIN, ldc, S, vb, of, row0, H, d, ORIGIN, S, ORIGIN, d, ORIGIN, n, tmp,
+                  np.empty((MR, n), dtype=np.float32))

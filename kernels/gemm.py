@@ -7,17 +7,17 @@ Contract: out[m, n] = act(dot(x[m, :], W[:, n]) + b[n]) where, for K terms,
 Two implementations, which must agree bit for bit:
 
 * `dense_ref`: plain scalar loops over the contract, obviously correct (slow).
-* the fast path (`gemm_packed`, run through `isa.KernelSet.dense`): packed-panel GEMM.
+* the fast path (`gemm_part`, run through `isa.KernelSet.dense`): packed-panel GEMM.
   B (the weight) is packed once into NR-column panels, A (the activations) is read in
   place, row-major; a micro-kernel written in LLVM IR (`make_micro`: MR x NR accumulators
   in <VW x float> registers, `llvm.fma.vVWf32`) computes one KB-block of an MR x NR tile
   from zero accumulators and stores it (first block) or adds it (later blocks) into C,
-  which is exactly the contract's order. Threads (`prange`) take whole output tiles; no
+  which is exactly the contract's order. Threads take whole output tiles; no
   reduction is ever split. Bias + activation are applied to each tile right after its
   last block, while it is in cache.
 
 The tile shape and vector width are not in the contract: they are the instruction-set
-variant's (isa.py), and `gemm_tile` / `gemm_packed` are templates that isa.py compiles
+variant's (isa.py), and `gemm_tile` / `gemm_part` are templates that isa.py compiles
 once per variant, reading the globals MR, NR (micro-tile rows and columns) and `_micro`
 (its micro-kernel) from the variant's namespace. This module defines none of the three.
 """
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -37,6 +37,10 @@ KB = 128      # contract: dot-product block length
 ACT_CODES = {None: 0, "linear": 0, "gelu_tanh": 1, "gelu_erf": 2, "relu": 3, "tanh": 4}
 _F32 = np.float32
 _JIT = dict(cache=True, error_model="numpy")
+# An offset of 0 passed to gemm_tile as a plain `0` is typed Literal[int](0), and each
+# mix of literal and int64 offsets would compile gemm_tile once more (0.5 s each): so
+# callers pass this int64 zero (an origin offset) instead, and gemm_tile compiles once per variant.
+ORIGIN = np.intp(0)
 
 
 @njit(cache=True, inline="always", error_model="numpy")
@@ -166,17 +170,19 @@ def make_micro(mr, nr, vw):
 
 # --- fast: packing and the tiled driver -------------------------------------------------------
 
-@njit(**_JIT)
-def pack_b(w, nr):
-    """W [K, N] -> panels [ceil(N/nr), K, nr], zero-padded columns. Done once per weight."""
+@njit(nogil=True, **_JIT)
+def pack_b(w, out, part, parts):
+    """W [K, N] -> out [ceil(N/nr), K, nr]: NR-column panels, columns past N zero. Done once
+    per weight, slice `part` of `parts` of the panels (albert_ref.parts)."""
     K, N = w.shape
-    npan = (N + nr - 1) // nr
-    out = np.zeros((npan, K, nr), dtype=np.float32)
-    for p in range(npan):
+    npan, _, nr = out.shape
+    for p in range(npan * part // parts, npan * (part + 1) // parts):
+        cols = min(nr, N - p * nr)
         for k in range(K):
-            for j in range(min(nr, N - p * nr)):
+            for j in range(cols):
                 out[p, k, j] = w[k, p * nr + j]
-    return out
+            for j in range(cols, nr):
+                out[p, k, j] = 0.0
 
 
 @njit(**_JIT)
@@ -240,13 +246,15 @@ def gemm_tile(a, a0, lda, M, bp, c, c0, ldc, N, i0, i1, j0, j1, ka, kz, tmp, edg
                             c[row + col] = c[row + col] + t if acc else t
 
 
-def gemm_packed(x, bp, bias, act, out, mc, nc, kchunk):
-    """out [M, N] = act(x @ B + bias), x [M, K] C order, B packed.
+def gemm_part(x, bp, bias, act, out, mc, nc, kchunk, part, parts):
+    """Slice `part` of `parts` of out [M, N] = act(x @ B + bias), x [M, K] C order, B packed
+    (albert_ref.parts runs the slices at once).
 
-    K is walked in chunks of kchunk (a multiple of KB) in ascending order; within a chunk,
-    mc x nc output tiles run in parallel. Each output still receives its KB-blocks in
-    ascending order, one after the other, so the bits do not depend on mc, nc, kchunk or
-    the thread count; chunking only keeps the working set of A and B in cache."""
+    The mc x nc output tiles are numbered, and slice p takes the p-th of `parts` equal runs
+    of them. It walks K in chunks of kchunk (a multiple of KB) in ascending order and, within
+    a chunk, its tiles; so each output receives its KB-blocks in ascending order, from one
+    slice, and the bits do not depend on mc, nc, kchunk or parts. Chunking only keeps the
+    working set of A and B in cache."""
     M, N = out.shape
     K = x.shape[1]
     kchunk = max(KB, kchunk - kchunk % KB)  # chunk edges must be block edges
@@ -255,22 +263,20 @@ def gemm_packed(x, bp, bias, act, out, mc, nc, kchunk):
     xf = x.reshape(M * K)
     oflat = out.reshape(M * N)
     mt = (M + mc - 1) // mc
-    nt = (N + nc - 1) // nc
-    edge_cols = K if M % MR else 0
+    tiles = mt * ((N + nc - 1) // nc)
+    t0 = tiles * part // parts
+    t1 = tiles * (part + 1) // parts
+    tmp = np.empty(MR * NR, dtype=np.float32)
+    edge = np.empty((MR, K if M % MR else 0), dtype=np.float32)
     for ka in range(0, K, kchunk):
         kz = min(K, ka + kchunk)
-        last = kz == K
-        for t in prange(mt * nt):
-            ti = t % mt
-            tj = t // mt
-            i0 = ti * mc
+        for t in range(t0, t1):
+            i0 = (t % mt) * mc
             i1 = min(M, i0 + mc)
-            j0 = tj * nc
+            j0 = (t // mt) * nc
             j1 = min(N, j0 + nc)
-            tmp = np.empty(MR * NR, dtype=np.float32)
-            edge = np.empty((MR, edge_cols if i1 > M - M % MR else 0), dtype=np.float32)
-            gemm_tile(xf, 0, K, M, bp, oflat, 0, N, N, i0, i1, j0, j1, ka, kz, tmp, edge)
-            if last:
+            gemm_tile(xf, ORIGIN, K, M, bp, oflat, ORIGIN, N, N, i0, i1, j0, j1, ka, kz, tmp, edge)
+            if kz == K:
                 _epilogue(out, bias, i0, i1, j0, j1, act)
 
 

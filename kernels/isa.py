@@ -27,9 +27,11 @@ import platform
 import types
 from dataclasses import dataclass
 
+import numpy as np
 from numba import njit
 
 from albert_ref.errors import IsaError
+from albert_ref.parts import run_parts
 
 from . import attention as _attention
 from . import gemm as _gemm
@@ -133,35 +135,48 @@ def describe(variant: Variant) -> str:
 
 
 class KernelSet:
-    """The fast kernels of one variant: dense (GEMM) and attention."""
+    """The fast kernels of one variant: dense (GEMM) and attention, each run as `threads`
+    slices at once (albert_ref.parts)."""
 
     def __init__(self, variant: Variant):
         self.variant = v = variant
         ns = dict(vars(_gemm), MR=v.mr, NR=v.nr, _micro=_gemm.make_micro(v.mr, v.nr, v.vw))
         ns["gemm_tile"] = _specialise(_gemm.gemm_tile, ns, v)
-        self.gemm_packed = ns["gemm_packed"] = _specialise(_gemm.gemm_packed, ns, v, parallel=True)
+        self.gemm_part = _specialise(_gemm.gemm_part, ns, v)
         ans = dict(vars(_attention), MR=v.mr, NR=v.nr, gemm_tile=ns["gemm_tile"])
-        self.attention = _specialise(_attention.attention_fast, ans, v, parallel=True)
+        self.attention_part = _specialise(_attention.attention_part, ans, v)
 
-    def pack(self, w):
-        """W [K, N] as this variant's NR-column panels."""
-        return _gemm.pack_b(w, self.variant.nr)
+    def pack(self, w, threads=1):
+        """W [K, N] (float32, C order) as this variant's NR-column panels."""
+        nr = self.variant.nr
+        panels = np.empty(((w.shape[1] + nr - 1) // nr, w.shape[0], nr), dtype=np.float32)
+        run_parts(_gemm.pack_b, threads, w, panels)
+        return panels
+
+    def gemm_packed(self, x, bp, bias, act, out, mc, nc, kchunk, threads=1):
+        """out [M, N] = act(x @ W + bias) with explicit tiling (gemm.gemm_part)."""
+        run_parts(self.gemm_part, threads, x, bp, bias, act, out, mc, nc, kchunk)
 
     def dense(self, x2, bp, bias, act, threads, out):
         """out [M, N] = act(x2 @ W + bias): x2 [M, K] float32 (C order), bp = self.pack(W)."""
         M, K = x2.shape
         mc, nc, kchunk = _gemm.tile_sizes(M, out.shape[1], K, threads, self.variant.mr, self.variant.nr)
-        self.gemm_packed(x2, bp, bias, act, out, mc, nc, kchunk)
+        self.gemm_packed(x2, bp, bias, act, out, mc, nc, kchunk, threads)
         return out
 
+    def attention(self, q, k, v, mask, num_heads, scale, out, threads=1):
+        """out = attention over q, k, v [B, S, H] (attention.attention_part)."""
+        run_parts(self.attention_part, threads, q, k, v, mask, num_heads, scale, out)
 
-def _specialise(template, namespace, variant, **options):
-    """`template` compiled against `namespace` as its globals, cached under its own name."""
+
+def _specialise(template, namespace, variant):
+    """`template` compiled against `namespace` as its globals, cached under its own name;
+    serial and GIL-free, so that albert_ref.parts can run its slices on threads."""
     fn = types.FunctionType(template.__code__, namespace, template.__name__, template.__defaults__)
     fn.__qualname__ = f"{template.__qualname__}.{variant.name}"
     fn.__module__ = template.__module__
     fn.__doc__ = template.__doc__
-    return njit(cache=True, error_model="numpy", **options)(fn)
+    return njit(cache=True, nogil=True, error_model="numpy")(fn)
 
 
 @functools.lru_cache(maxsize=None)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from .reduce import lane_sum, lane_sum_ref, lane_sum_sq, lane_sum_sq_ref
 
@@ -37,11 +37,12 @@ def layer_norm_ref(x, res, has_res, gamma, beta, eps, out):
             out[m, i] = z[i] * inv + (beta[i] - mean * inv)
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
-def layer_norm_fast(x, res, has_res, gamma, beta, eps, out):
+@njit(cache=True, nogil=True, error_model="numpy")
+def layer_norm_part(x, res, has_res, gamma, beta, eps, out, part, parts):
+    """The fast kernel, on slice `part` of `parts` of the rows (albert_ref.parts)."""
     M, n = x.shape
     nf = _F32(n)
-    for m in prange(M):
+    for m in range(M * part // parts, M * (part + 1) // parts):
         lanes = np.empty(16, dtype=np.float32)
         z = out[m]
         if has_res:

@@ -1,0 +1,58 @@
+"""The CLI's one line on stderr when the kernels are being compiled (the first run after an
+install, an upgrade or a change of CPU): seconds of silence otherwise look like a hang.
+
+Numba announces each compilation with a "numba:compile" event, and none when it loads a
+function from its on-disk cache, so the line appears exactly when a run compiles. Only
+the CLI listens (`notice_compilation`, a context manager): a library import changes
+nothing process-wide and prints nothing.
+"""
+from __future__ import annotations
+
+import contextlib
+import sys
+import threading
+
+from numba.core import event
+
+from albert_ref.errors import IsaError
+
+
+def _describe_target() -> str:
+    """`znver4 (avx512)`: the CPU Numba compiles for and the cpu backend's variant."""
+    from albert_ref.kernels import isa
+    try:
+        variant = isa.select().name
+    except IsaError:  # a bad ALBERT_REF_ISA: the backend reports it; the notice does not need it
+        variant = isa.target().variants[0]
+    return f"{isa.target().cpu} ({variant})"
+
+
+class CompileNotice(event.Listener):
+    """Writes one line to `stream` on the first compilation of an albert_ref function,
+    whichever thread compiles (the kernels' threads, a server's compute thread)."""
+
+    def __init__(self, stream=None):
+        self.stream = stream
+        self._lock = threading.Lock()
+        self.said = False
+
+    def on_start(self, ev):
+        if self.said or not getattr(ev.data["dispatcher"].py_func, "__module__", "").startswith("albert_ref."):
+            return
+        with self._lock:
+            if self.said:
+                return
+            self.said = True
+        stream = self.stream or sys.stderr
+        print(f"albert-ref: compiling the kernels for {_describe_target()}; first run only, "
+              f"later runs load them from Numba's cache...", file=stream, flush=True)
+
+    def on_end(self, ev):
+        pass
+
+
+@contextlib.contextmanager
+def notice_compilation(stream=None):
+    """Within the block, the first compilation of albert_ref code prints one line."""
+    with event.install_listener("numba:compile", CompileNotice(stream)):
+        yield
