@@ -12,9 +12,9 @@ How it runs (dask.distributed does the scheduling, retries and transport):
 - ModelPlugin, a worker plugin, loads the model once per worker, from a path every worker
   can read, and refuses to run unless the file's digest equals the one the client read:
   two machines holding different files must not mix their vectors.
-- One computation at a time per worker: Numba's default threading layer aborts when two
-  Python threads start parallel kernels at once, so the plugin's lock serialises a
-  worker's tasks whatever its --nthreads, and the kernels use the worker's
+- One computation at a time per worker: the plugin's lock serialises a worker's tasks
+  whatever its --nthreads (two at once would only share the cores and hold two
+  partitions' activations), and the kernels use the worker's
   NUMBA_NUM_THREADS (set before Numba is imported: the local cluster passes it in each
   worker process's environment). The bit contract makes a text's vector independent of
   the threads, the batch and the partition it was computed in.

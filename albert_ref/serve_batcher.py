@@ -11,9 +11,9 @@ text waits behind a stream of better-fitting ones. Planning runs outside the loc
 that requests arriving meanwhile are queued at once. By the bit contract a text's vector
 does not depend on its company or padding, so the batcher may choose freely.
 
-All model work (loading, warm-up, forward passes) happens on the compute thread: numba's
-default threading layer allows one thread in parallel kernels at a time, and the event
-loop stays free to answer /health and /metrics.
+All model work (loading, warm-up, forward passes) happens on the compute thread: one pass
+at a time has every kernel thread to itself (two at once would only share the cores and
+hold two passes' activations), and the event loop stays free to answer /health and /metrics.
 """
 from __future__ import annotations
 

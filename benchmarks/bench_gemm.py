@@ -45,7 +45,6 @@ def main(argv=None):
 
     from albert_ref.kernels import isa
 
-    numba.set_num_threads(args.threads)
     kernels = isa.kernel_set(isa.select(args.isa).name)
     try:
         from threadpoolctl import threadpool_info
@@ -66,7 +65,7 @@ def main(argv=None):
             x = rng.standard_normal((M, K), dtype=np.float32)
             w = (rng.standard_normal((K, N), dtype=np.float32) / np.float32(np.sqrt(K)))
             bias = np.zeros(N, np.float32)
-            bp = kernels.pack(w)
+            bp = kernels.pack(w, args.threads)
             ours = lambda: kernels.dense(x, bp, bias, 0, args.threads, np.empty((M, N), np.float32))
             out = np.empty((M, N), np.float32)
             reused = lambda: kernels.dense(x, bp, bias, 0, args.threads, out)
