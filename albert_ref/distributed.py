@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from albert_ref import corpus, shards
-from albert_ref.atomic import atomic_output, exclusive_folder
+from albert_ref.atomic import atomic_output, check_output_path, exclusive_folder
 from albert_ref.encoder import (_check_count, max_seq_length as checked_max_seq_length, output_dim, resolve_normalize,
                                 resolve_pooling)
 from albert_ref.errors import AlbertRefError, InputError
@@ -269,8 +269,7 @@ def _run(client, parts, opts: TaskOptions, summary: Summary, progress: bool | No
 def _claimed(folder: Path, job: dict, restart: bool):
     """Hold `folder` for this job: one client at a time (a lock file), the job recorded in
     job.json, and a different job refused unless restart. Temporaries of killed runs go."""
-    if not folder.parent.is_dir():
-        raise InputError(f"{folder}: no such directory {folder.parent}")
+    check_output_path(folder, directory=True)
     with exclusive_folder(folder, ".lock", f"cannot write {folder}",
                           f"{folder} is in use by another albert-ref embedding job"):
         _remove_temporaries(folder)

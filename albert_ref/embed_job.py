@@ -121,7 +121,9 @@ class Job:
 
     def _claim(self) -> None:
         found = stored_job(self.manifest, self.description, self.folder)
-        if found is not None and found.get("version") != MANIFEST_VERSION:
+        if found is not None and found.get("version") == MANIFEST_VERSION:
+            return
+        if found is not None:
             print(f"albert-ref: {self.manifest} was written by an older albert-ref, which kept chunk digests "
                   f"elsewhere: its chunks are recomputed", file=sys.stderr)
             for chunk in self.folder.glob("chunk-*"):

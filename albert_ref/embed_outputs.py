@@ -21,13 +21,12 @@ KEYED_FORMATS = (".h5", ".jsonl")       # the outputs that can keep --id-field v
 
 
 def output_format(path: Path) -> str:
-    """The output's format from its suffix; checked before any work starts."""
+    """The output's format from its suffix; checked before any work starts (and the path
+    itself by atomic.check_output_path)."""
     suffix = path.suffix.lower()
     if suffix not in OUTPUT_FORMATS:
         raise InputError(f"{path}: unknown output format {suffix or '(no suffix)'}; name it "
                          f"{', '.join(OUTPUT_FORMATS)}, or leave --output out for JSON on stdout")
-    if not path.parent.is_dir():
-        raise InputError(f"{path}: no such directory {path.parent}")
     return suffix
 
 

@@ -133,8 +133,9 @@ class Service:
         return sequences(self.encoder.tokenizer, inp, self.max_seq_length, truncate, direction)
 
     async def embed(self, seqs, prepared_s: float, normalize=None) -> tuple[np.ndarray, dict]:
-        """Vectors for tokenized inputs, and text-embeddings-inference's headers: the tokens,
-        and the milliseconds spent reading and tokenizing (prepared_s), waiting, computing."""
+        """Vectors for tokenized inputs, and text-embeddings-inference's headers: the tokens
+        (tokens_of(seqs)), and the milliseconds spent reading and tokenizing (prepared_s),
+        waiting, computing."""
         start = time.perf_counter()
         done = await self.batcher.embed(seqs)
         vectors = done.vectors
@@ -143,7 +144,7 @@ class Service:
         batched = time.perf_counter() - start
         ms = {"tokenization": prepared_s, "queue": max(0.0, batched - done.inference_s),
               "inference": done.inference_s, "total": prepared_s + batched}
-        return vectors, {"x-compute-tokens": str(sum(len(s) for s in seqs)),
+        return vectors, {"x-compute-tokens": str(tokens_of(seqs)),
                          **{f"x-{k}-time": str(round(1e3 * v, 3)) for k, v in ms.items()}}
 
     def info(self) -> dict:
@@ -179,6 +180,11 @@ def json_numbers(vectors: np.ndarray) -> np.ndarray:
     return vectors.astype(np.float64)
 
 
+def tokens_of(seqs) -> int:
+    """The tokens of tokenized inputs, [CLS] and [SEP] included: what usage counts."""
+    return sum(len(s) for s in seqs)
+
+
 def error_response(path: str, status: int, message: str, headers: dict | None = None) -> JSON:
     """An error in the route's own dialect: OpenAI's {"error": {...}} under /v1/, else
     text-embeddings-inference's {"error": ..., "error_type": ...}."""
@@ -186,7 +192,7 @@ def error_response(path: str, status: int, message: str, headers: dict | None = 
         kind = {429: "rate_limit_error", 503: "service_unavailable"}.get(status, "invalid_request_error")
         body = {"error": {"message": message, "type": kind, "param": None, "code": status}}
     else:
-        kind = {413: "Validation", 429: "Overloaded", 503: "Unhealthy"}.get(status, "Validation")
+        kind = {429: "Overloaded", 503: "Unhealthy"}.get(status, "Validation")
         body = {"error": message, "error_type": kind if status < 500 or status == 503 else "Backend"}
     return JSON(body, status_code=status, headers=headers)
 
@@ -301,7 +307,7 @@ def _openai_embeddings(service: Service):
     async def respond(job, prepared_s):
         seqs, fmt = job
         vectors, headers = await service.embed(seqs, prepared_s)
-        tokens = int(headers["x-compute-tokens"])
+        tokens = tokens_of(seqs)
         if fmt == "base64":
             vectors = [base64.b64encode(v.astype("<f4").tobytes()).decode("ascii") for v in vectors]
         else:

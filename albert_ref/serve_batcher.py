@@ -110,7 +110,7 @@ class Batcher:
     runs and `ready` is set. A failure to load is kept in `error` and passed to on_fatal.
     """
 
-    def __init__(self, load: Callable[[], Encoder], *, pooling: str, max_batch_tokens: int, max_batch_requests: int,
+    def __init__(self, load: Callable[[], Encoder], *, pooling: str | None, max_batch_tokens: int, max_batch_requests: int,
                  window_s: float, on_batch: Callable[[BatchStats], None] | None = None,
                  on_fatal: Callable[[BaseException], None] | None = None):
         self._load = load

@@ -15,7 +15,7 @@ per-task overhead of the distributed path.
    the same --overhead-rows texts as 1 partition and as --overhead-parts partitions,
    through one client (no cluster start in the timing); (many - one) / (parts - 1) is what
    one more task costs: scheduling, reading its lines, writing its shard and entry,
-   checking a done partition's checksum on the way.
+   checking first that it has no finished shard.
 
     python benchmarks/bench_distributed.py                  # the recorded run (a few minutes on 2 cores)
     python benchmarks/bench_distributed.py --n 16 --shape demo --repeat 1   # a quick check
@@ -36,13 +36,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_embed import POOL, SHAPES, model_file, sentences, train_tokenizer  # noqa: E402
-from bench_forward import model_fields  # noqa: E402
+from bench_serve import write_bench_model  # noqa: E402
 
-from albert_ref.config import AlbertConfig  # noqa: E402
 from albert_ref.encoder import batches  # noqa: E402
 from albert_ref.tokenizer import Tokenizer  # noqa: E402
 from albert_ref.weights.model_file import write_model  # noqa: E402
-from albert_ref.weights.random_model import random_model_file  # noqa: E402
 
 
 def timed(command: list[str]) -> float:
@@ -133,9 +131,10 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model = tmp / f"{args.shape}.h5"
-        config = AlbertConfig(**model_fields("base"))
-        write_model(model, random_model_file(config, seed=0, spm_model=spm_model) if args.shape == "base"
-                    else model_file(args.shape, spm_model))
+        if args.shape == "base":
+            write_bench_model(model, "base", spm_model)
+        else:
+            write_model(model, model_file(args.shape, spm_model))
         corpus, one = tmp / "corpus.txt", tmp / "one.txt"
         corpus.write_text("\n".join(pool[:args.n]) + "\n", encoding="utf-8")
         one.write_text(pool[0] + "\n", encoding="utf-8")

@@ -54,11 +54,13 @@ DEMO = dict(BASE, embedding_size=32, hidden_size=128, num_hidden_layers=4, num_a
 SHAPES = {"base": BASE, "demo": DEMO}
 
 
-def write_bench_model(path: Path, shape: str) -> None:
+def write_bench_model(path: Path, shape: str, spm_model: bytes) -> None:
+    """The benchmark model of `shape` (random weights, seed 0) with the tokenizer
+    `spm_model` (train_tokenizer(sentences()), trained once by the caller)."""
     from albert_ref.config import AlbertConfig
     from albert_ref.weights.model_file import write_model
     from albert_ref.weights.random_model import random_model_file
-    write_model(path, random_model_file(AlbertConfig(**SHAPES[shape]), seed=0, spm_model=train_tokenizer(sentences())))
+    write_model(path, random_model_file(AlbertConfig(**SHAPES[shape]), seed=0, spm_model=spm_model))
 
 
 def offline(args) -> None:
@@ -163,10 +165,11 @@ def main():
     if args.offline:
         return offline(args)
     texts = sentences()[:args.n]
+    spm_model = train_tokenizer(sentences())
     rounds = []
     with tempfile.TemporaryDirectory() as tmp:
         model, save = Path(tmp) / "model.h5", Path(tmp) / "offline.npy"
-        write_bench_model(model, args.shape)
+        write_bench_model(model, args.shape, spm_model)
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         server = subprocess.Popen([sys.executable, "-m", "albert_ref.cli", "serve", "--model", str(model),
@@ -184,7 +187,7 @@ def main():
         reference = np.load(save)
 
     words = [len(t.split()) for t in texts]
-    lengths = Tokenizer(train_tokenizer(sentences())).encode_batch(texts).lengths
+    lengths = Tokenizer(spm_model).encode_batch(texts).lengths
     planned = [(len(rows), len(rows) * width) for rows, width in batches(lengths, 32)]
     print(f"{args.n} texts ({min(words)}-{max(words)} words), {args.shape} shape, {args.threads} threads, "
           f"{platform.machine()}, {args.rounds} rounds of: offline embed, then "

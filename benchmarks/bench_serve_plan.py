@@ -90,13 +90,13 @@ def offline_plan(lengths) -> list[np.ndarray]:
     return [rows for rows, _ in batches(lengths, 32)]
 
 
-def measure(args, lengths, plans):
+def measure(args, spm_model, lengths, plans):
     """Time every pass of each plan (and of offline's) on the base model, --rounds times,
     the plans taking turns; each pass's best time counts (other jobs only add time)."""
     import albert_ref
     texts = sentences()[:args.n]
     with tempfile.TemporaryDirectory() as tmp:
-        write_bench_model(Path(tmp) / "model.h5", "base")
+        write_bench_model(Path(tmp) / "model.h5", "base", spm_model)
         encoder = albert_ref.Encoder(Path(tmp) / "model.h5", threads=args.threads)
     tokens = encoder.tokenizer.encode_batch(texts)
 
@@ -142,7 +142,8 @@ def main():
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     texts = sentences()[:args.n]
-    lengths = np.asarray(Tokenizer(train_tokenizer(sentences())).encode_batch(texts).lengths, np.int64)
+    spm_model = train_tokenizer(sentences())
+    lengths = np.asarray(Tokenizer(spm_model).encode_batch(texts).lengths, np.int64)
     off = offline_plan(lengths)
     off_texts, off_pad, off_rows = shape(lengths, off)
     cost = off_rows + args.pass_rows / off_texts
@@ -158,7 +159,7 @@ def main():
         covered = np.cumsum([len(b) for b in plan])
         plans[f"server, charge {charge}"] = plan[:int(np.searchsorted(covered, args.n)) + 1]
     if args.measure:
-        measure(args, lengths, plans)
+        measure(args, spm_model, lengths, plans)
 
 
 if __name__ == "__main__":

@@ -123,8 +123,9 @@ def test_a_pipeline_model_s_own_pooling_dense_and_normalization_apply(client, co
 
 
 def test_one_worker_running_two_tasks_at_once_gets_the_same_bits(corpus_dir, tmp_path):
-    """Two Dask threads in one worker process, two kernel threads: the plugin's lock runs
-    one task at a time; the vectors are those of any other arrangement."""
+    """Two Dask threads in one worker process sharing one model, two kernel threads each:
+    the vectors are those of any other arrangement (the promise holds however the
+    worker's tasks overlap; the plugin's lock is for cores and memory, not for bits)."""
     folder, expected = corpus_dir
     with LocalCluster(n_workers=1, threads_per_worker=2, env={"NUMBA_NUM_THREADS": "2"}, dashboard_address=":0",
                       silence_logs=logging.ERROR) as cluster, Client(cluster) as c:
