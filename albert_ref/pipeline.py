@@ -12,9 +12,10 @@ import dataclasses
 import json
 
 from albert_ref.errors import ModelFileError
+from albert_ref.pooling import TOKEN_POOLERS
 
 # sentence-transformers' names, in the order its legacy boolean flags list them.
-POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens")
+POOLING_MODES = tuple(TOKEN_POOLERS)  # the modes pooling.py implements
 DENSE_ACTIVATIONS = ("tanh", "linear", "relu", "gelu_erf")
 DENSE_PREFIX = "pipeline/dense_"
 

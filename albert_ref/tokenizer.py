@@ -33,13 +33,13 @@ DEFAULT_OPTIONS = {"flavour": "original", "do_lower_case": True, "keep_accents":
 CLS, SEP = "[CLS]", "[SEP]"
 _UNDERLINE = "\u2581"  # sentencepiece's word-start marker
 
-# The special tokens of Hugging Face's AlbertTokenizer. Its tokenize() neither
-# lower-cases them nor splits them into pieces, wherever they occur in the text.
-_HF_SPECIALS = ("[CLS]", "[SEP]", "<unk>", "<pad>", "[MASK]")
-_HF_SPECIALS_RE = "|".join(map(re.escape, _HF_SPECIALS))
+# The special tokens of Hugging Face's AlbertTokenizer (the fast one's too, hf_fast.SPECIALS).
+# Its tokenize() neither lower-cases them nor splits them into pieces, wherever they occur.
+_HF_SPECIALS_RE = "|".join(map(re.escape, hf_fast.SPECIALS))
 _HF_LOWER = re.compile(f"({_HF_SPECIALS_RE})|(.)", re.DOTALL)
 _HF_SPLIT = re.compile(f"({_HF_SPECIALS_RE})")
-_HF_LSTRIP = "[MASK]"  # AddedToken(lstrip=True): it eats the whitespace before it
+# AddedToken(lstrip=True): it eats the whitespace before it
+_HF_LSTRIP = next(token for token, lstrip in hf_fast.SPECIALS.items() if lstrip)
 
 
 def check_options(options) -> dict:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from albert_ref.cli import main
 from albert_ref.errors import ModelFileError
 from albert_ref.weights.model_file import GUARANTEES, ManifestError, ModelFile, read_header, read_model, write_model
 from model_util import as_format_version_1
@@ -114,11 +115,12 @@ def test_swapped_tensors_with_their_checksums_are_caught_by_the_manifest(good_fi
         read_model(good_file)
 
 
-def test_version_1_files_load_with_their_weaker_guarantee(good_file, model):
+def test_version_1_files_load_with_their_weaker_guarantee(good_file, model, capsys):
     as_format_version_1(good_file)
     back = read_model(good_file)
     assert back.format_version == 1 and back.digest == model.digest == read_header(good_file).digest
-    assert "covered by no stored checksum" in GUARANTEES[1]
+    assert main(["info", str(good_file)]) == 0   # info says which guarantee the file has
+    assert "covered by no stored checksum" in GUARANTEES[1] and GUARANTEES[1] in capsys.readouterr().out
     _edit(good_file, _set_config(hidden_act="gelu_erf"))  # what version 1 cannot catch...
     assert read_model(good_file).digest != model.digest  # ...but the digest still tells
 

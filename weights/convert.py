@@ -89,20 +89,22 @@ def convert(src, out, *, config_path=None, spm_path=None, do_lower_case=True) ->
 def _from_huggingface(src: Path) -> ModelFile:
     from albert_ref.weights.hf_source import read_huggingface
     hf = read_huggingface(src)
-    options = {"flavour": "huggingface", **hf.tokenizer_options}
-    return ModelFile(hf.config, hf.tensors, hf.spm_model, options,
-                     {"source_format": "huggingface", "sources": hf.sources, "converter": converter_version(),
-                      "notes": list(hf.notes)})
+    return _hf_model_file(hf, "huggingface", hf.sources, hf.notes)
 
 
 def _from_sentence_transformers(src: Path) -> ModelFile:
     from albert_ref.weights.st_source import read_sentence_transformers
     st = read_sentence_transformers(src)
-    hf = st.hf
+    return _hf_model_file(st.hf, "sentence_transformers", st.sources, st.notes, st.dense_tensors, st.pipeline)
+
+
+def _hf_model_file(hf, source_format: str, sources: dict, notes, extra_tensors=None, pipeline=None) -> ModelFile:
+    """A Hugging Face model's file: its tokenizer in a Hugging Face flavour (the slow one
+    unless its options name the fast one), provenance naming the source."""
     options = {"flavour": "huggingface", **hf.tokenizer_options}
-    return ModelFile(hf.config, {**hf.tensors, **st.dense_tensors}, hf.spm_model, options,
-                     {"source_format": "sentence_transformers", "sources": st.sources,
-                      "converter": converter_version(), "notes": list(st.notes)}, pipeline=st.pipeline)
+    return ModelFile(hf.config, {**hf.tensors, **(extra_tensors or {})}, hf.spm_model, options,
+                     {"source_format": source_format, "sources": sources, "converter": converter_version(),
+                      "notes": list(notes)}, pipeline=pipeline)
 
 
 def _from_tf(src: Path, kind: str, config_path, spm_path, do_lower_case, archive: Path | None = None) -> ModelFile:

@@ -248,7 +248,8 @@ def _compare_array(name, actual, expected, tolerance: Tolerance, input_mask, che
     report.excluded = keep.size - report.compared
     a64, e64 = a.astype(np.float64), e.astype(np.float64)
     finite = np.isfinite(a64) & np.isfinite(e64)
-    nonfinite_mismatch = keep & ~finite & ~(np.isnan(a64) & np.isnan(e64)) & (a64 != e64)
+    both_nan = np.isnan(a64) & np.isnan(e64)
+    nonfinite_mismatch = keep & ~finite & ~both_nan & (a64 != e64)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         diff = np.where(finite, np.abs(a64 - e64), 0.0)
         rel = np.where(diff == 0, 0.0, diff / np.abs(e64))
@@ -257,7 +258,7 @@ def _compare_array(name, actual, expected, tolerance: Tolerance, input_mask, che
     if tolerance.exact:
         uint = f"u{a.dtype.itemsize}"
         # NaN payloads are not promised (NUMERICS.md): a NaN equals any NaN, nothing else
-        beyond = (np.ascontiguousarray(a).view(uint) != np.ascontiguousarray(e).view(uint)) & ~(np.isnan(a) & np.isnan(e))
+        beyond = (np.ascontiguousarray(a).view(uint) != np.ascontiguousarray(e).view(uint)) & ~both_nan
     else:
         within = np.zeros(a.shape, bool)
         if tolerance.uses_allclose:
