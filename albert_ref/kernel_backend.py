@@ -19,7 +19,7 @@ import numba
 import numpy as np
 
 from albert_ref.ops import embedding_indices, real_keys, size_class
-from albert_ref.errors import IsaError
+from albert_ref.errors import InputError, IsaError
 from albert_ref.forward import is_dense_kernel
 from albert_ref.parts import run_parts
 from albert_ref.kernels import attention as _att
@@ -147,7 +147,7 @@ class KernelOps:
             threads = numba.config.NUMBA_NUM_THREADS
         threads = int(threads)
         if not 1 <= threads <= numba.config.NUMBA_NUM_THREADS:
-            raise ValueError(f"threads must be between 1 and {numba.config.NUMBA_NUM_THREADS} "
+            raise InputError(f"threads must be between 1 and {numba.config.NUMBA_NUM_THREADS} "
                              f"(NUMBA_NUM_THREADS), got {threads}")
         self.threads = threads
         self._workspace = Workspace()

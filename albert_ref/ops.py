@@ -69,12 +69,7 @@ def make_ops(backend: str, dtype: str | None, threads: int | None, isa: str | No
         from albert_ref.cuda_backend import CudaOps
         return CudaOps()
     from albert_ref.kernel_backend import KernelOps
-    try:
-        return KernelOps(fast=backend == "cpu", threads=threads, isa=isa)
-    except IsaError:
-        raise
-    except ValueError as exc:  # more threads than NUMBA_NUM_THREADS
-        raise InputError(str(exc)) from None
+    return KernelOps(fast=backend == "cpu", threads=threads, isa=isa)
 
 
 def prepare_params(ops: Ops, tensors: dict) -> dict:

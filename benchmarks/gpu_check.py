@@ -423,12 +423,11 @@ def _torch_albert(raw, config):
 
 
 def _hf_albert():
-    from transformers import AlbertConfig as HFConfig
-    from transformers import AlbertModel
-    c = {k: v for k, v in _xlarge_config().to_dict().items() if k != "project_embeddings"}
-    c["hidden_act"] = "gelu_new"  # HF's name for the original "gelu"
-    cfg = HFConfig(**c, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    return AlbertModel(cfg, add_pooling_layer=True).eval().cuda()
+    """bench_forward's transformers AlbertModel of the xlarge shape, on the GPU."""
+    import torch
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from bench_forward import _hf_model
+    return _hf_model(torch.get_num_threads(), "xlarge").cuda()
 
 
 def _median_time(fn, reps, budget_s=60.0, sync=None):
