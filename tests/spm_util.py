@@ -13,7 +13,7 @@ import random
 
 import sentencepiece as spm
 
-from albert_ref.spm_proto import NORMAL, model_proto, varint  # noqa: F401 (varint: for test_tf_bundle)
+from albert_ref.spm_proto import NORMAL, model_proto
 
 _WORDS = (
     "the of and to in is was for on that with as by it he she they we you at from his her "

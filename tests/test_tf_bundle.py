@@ -16,10 +16,10 @@ from hypothesis import strategies as st
 
 from albert_ref.config import AlbertConfig
 from albert_ref.errors import ConversionError
+from albert_ref.spm_proto import varint
 from albert_ref.weights import names
 from albert_ref.weights.tf_bundle import _read_index, read_bundle
 from model_util import flip_byte
-from spm_util import varint
 
 FIXTURES = Path(__file__).parent / "fixtures" / "tf"
 CASES = ["tiny", "groups", "no_projection", "sharded", "hub_module"]
