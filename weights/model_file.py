@@ -31,7 +31,6 @@ GUARANTEES = {
        "name, shape, dtype and SHA-256 and the sentence-embedding pipeline (if any) is stored with its digest and "
        "checked on reading",
 }
-TOKENIZER_OPTIONS = DEFAULT_OPTIONS  # the stored options: each of these, defaulting as the Tokenizer does
 # The attributes each object may carry; anything else in a file is refused.
 _ROOT_ATTRS = {1: {"format", "format_version", "config", "provenance"},
                2: {"format", "format_version", "config", "provenance", "manifest", "digest", "pipeline"}}
@@ -52,7 +51,7 @@ class ModelFile:
     config: AlbertConfig
     tensors: dict[str, np.ndarray]
     spm_model: bytes | None = None
-    tokenizer_options: dict = dataclasses.field(default_factory=lambda: dict(TOKENIZER_OPTIONS))
+    tokenizer_options: dict = dataclasses.field(default_factory=lambda: dict(DEFAULT_OPTIONS))
     provenance: dict = dataclasses.field(default_factory=dict)
     # SHA-256 per tensor and of the tokenizer bytes, as stored in the file read (checked
     # against the data unless read with verify=False) or as computed by write_model; the
@@ -67,7 +66,7 @@ class ModelFile:
     pipeline: Pipeline | None = None
 
     def __post_init__(self):
-        self.tokenizer_options = check_tokenizer_options({**TOKENIZER_OPTIONS, **self.tokenizer_options}
+        self.tokenizer_options = check_tokenizer_options({**DEFAULT_OPTIONS, **self.tokenizer_options}
                                                          if isinstance(self.tokenizer_options, dict)
                                                          else self.tokenizer_options)
 
@@ -310,7 +309,7 @@ def _read_header(f: h5py.File, path: Path):
 def _read_tokenizer(f: h5py.File, datasets: dict, path: Path, verify: bool):
     """(sentencepiece bytes or None, their checksum, the options), checked."""
     if "tokenizer/sentencepiece" not in datasets:
-        return None, None, dict(TOKENIZER_OPTIONS)
+        return None, None, dict(DEFAULT_OPTIONS)
     ds = datasets["tokenizer/sentencepiece"]
     _check_attrs(ds, {"sha256"}, path)
     if ds.dtype != np.uint8 or ds.ndim != 1:
