@@ -158,6 +158,10 @@ class KernelOps:
 
     # -- parameters ---------------------------------------------------------------------
     def prepare(self, name, array):
+        if isinstance(array, PackedKernel):
+            if array.variant != self.isa:
+                raise ValueError(f"{name}: packed for isa {array.variant.name!r}, backend runs {self.isa.name!r}")
+            return array
         array = _f32(array)
         if is_dense_kernel(name):
             if array.ndim != 2:

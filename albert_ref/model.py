@@ -7,6 +7,7 @@ import numpy as np
 
 from albert_ref import forward as fwd
 from albert_ref.errors import InputError, TokenizerError
+from albert_ref.forward import is_dense_kernel
 from albert_ref.ops import make_ops, prepare_params
 from albert_ref.weights.model_file import ModelFile, read_model
 from albert_ref.weights.names import num_parameters
@@ -40,16 +41,23 @@ def load(path, backend: str = "cpu", dtype: str | None = None, threads: int | No
     (float64 by default, or dtype="float32"). isa: the cpu backend's kernel variant,
     "avx512", "avx2" or "sse" (default: $ALBERT_REF_ISA, else the widest this CPU runs);
     every variant gives the same bits."""
-    return Model(read_model(path, verify=verify), backend, dtype, threads, path=path, isa=isa)
+    ops = make_ops(backend, dtype, threads, isa)
+    # Dense kernels are prepared (packed) as the file is read, each as soon as it is checked,
+    # so that the file's arrays and their packed copies never all exist at once.
+    model_file = read_model(path, verify=verify,
+                            convert=lambda name, array: ops.prepare(name, array) if is_dense_kernel(name) else array)
+    return Model(model_file, path=path, ops=ops)
 
 
 class Model:
     def __init__(self, model_file: ModelFile, backend: str = "cpu", dtype: str | None = None,
-                 threads: int | None = None, *, path=None, isa: str | None = None):
+                 threads: int | None = None, *, path=None, isa: str | None = None, ops=None):
         # Only the file's description is kept: the backend's prepared copies replace the
         # tensors, so holding the originals too would double the memory. `path` names the
         # file the model was read from (None when built from a ModelFile in memory), so
-        # that the tensors can be read again (albert_ref.testing.Oracle does).
+        # that the tensors can be read again (albert_ref.testing.Oracle does). `ops`: a
+        # backend already made (by `load`, which prepared some tensors with it) instead of
+        # backend, dtype, threads and isa.
         self.path = None if path is None else Path(path)
         self.config = model_file.config
         self.digest = model_file.digest
@@ -58,8 +66,8 @@ class Model:
         self.spm_model = model_file.spm_model
         self.tokenizer_options = model_file.tokenizer_options
         self.pipeline = model_file.pipeline
-        self.backend = backend
-        self.ops = make_ops(backend, dtype, threads, isa)
+        self.ops = make_ops(backend, dtype, threads, isa) if ops is None else ops
+        self.backend = self.ops.name
         self.dtype = np.dtype(self.ops.dtype)
         self.params = prepare_params(self.ops, model_file.tensors)
         self._tokenizer = None

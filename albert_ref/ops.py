@@ -33,7 +33,9 @@ class Ops(Protocol):
         """A scope (one forward pass) within which results may reuse dead results' memory."""
 
     def prepare(self, name: str, array: np.ndarray) -> Any:
-        """A stored tensor, by its TF name, in the form the other ops take (e.g. packed panels)."""
+        """A stored tensor, by its TF name, in the form the other ops take (e.g. packed
+        panels); a tensor already in that form is returned as it is (albert_ref.load packs
+        dense kernels while reading the file, then prepares the whole set)."""
 
     def embed(self, input_ids, segment_ids, word, token_type, position):
         """(word[ids] + token_type[segment_ids]) + position: [B, S] -> [B, S, E]."""

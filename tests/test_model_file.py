@@ -267,3 +267,41 @@ def test_file_sha256_hashes_the_whole_file(tmp_path):
         assert file_sha256(path) == hashlib.sha256(data).hexdigest()
     with pytest.raises(OSError):
         file_sha256(tmp_path / "missing")
+
+
+def test_convert_sees_each_checked_tensor_once_and_the_digest_is_the_files(good_file, model):
+    seen = []
+
+    def convert(name, array):
+        seen.append(name)
+        assert np.array_equal(array.view(np.uint32), model.tensors[name].view(np.uint32))
+        return ("converted", name)
+    back = read_model(good_file, convert=convert)
+    assert sorted(seen) == sorted(model.tensors)
+    assert back.tensors == {name: ("converted", name) for name in model.tensors}
+    assert back.digest == model.digest and back.heads == ("mlm", "sop")
+
+
+def test_convert_never_holds_two_of_the_files_arrays(good_file):
+    """What convert is given is released before the next tensor is read (load() packs
+    dense kernels this way, so a model's arrays and their packed copies never all coexist)."""
+    import weakref
+    given = []
+
+    def convert(name, array):
+        assert all(ref() is None for ref in given), "an earlier array is still alive"
+        given.append(weakref.ref(array))
+        return array.copy()
+    read_model(good_file, convert=convert)
+    assert len(given) > 10
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_a_damaged_tensor_fails_the_read_with_or_without_convert(good_file, verify):
+    """A tensor damaged into a NaN is a checksum error when verifying (the hash runs beside
+    the finiteness check and takes precedence), a non-finite value otherwise."""
+    from albert_ref.weights.model_file import ChecksumError
+    _edit(good_file, lambda f: f["weights/bert/pooler/dense/bias"].__setitem__(1, np.nan))
+    for convert in (None, lambda name, array: array.copy()):
+        with pytest.raises(ChecksumError if verify else ModelFileError, match="SHA-256" if verify else "non-finite"):
+            read_model(good_file, verify=verify, convert=convert)

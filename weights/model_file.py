@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import h5py
@@ -64,6 +65,9 @@ class ModelFile:
     # A sentence-embedding pipeline (sentence-transformers models); its Dense weights are
     # among `tensors`, named by albert_ref.pipeline.dense_names.
     pipeline: Pipeline | None = None
+    # Set by read_model(..., convert=...) only: the file's manifest, computed as it was read,
+    # since `tensors` then holds converted forms (a backend's packed copies) it cannot describe.
+    read_manifest: dict | None = dataclasses.field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
         self.tokenizer_options = check_tokenizer_options({**DEFAULT_OPTIONS, **self.tokenizer_options}
@@ -79,10 +83,15 @@ class ModelFile:
         and length) and options, every tensor's name, shape, dtype and SHA-256, and the
         pipeline when there is one (absent otherwise, so that files without one keep
         their digests)."""
+        if self.read_manifest is not None:
+            return self.read_manifest
         known = self.checksums or {}
+        return self.manifest_of({n: tensor_entry(t, known.get(n)) for n, t in self.tensors.items()})
+
+    def manifest_of(self, tensor_entries: dict) -> dict:
+        """The manifest of this model's config, tokenizer and pipeline with these tensors."""
         return {"config": self.config.to_dict(),
-                "tensors": {n: {"shape": list(t.shape), "dtype": t.dtype.str, "sha256": known.get(n) or sha256(t)}
-                            for n, t in sorted(self.tensors.items())},
+                "tensors": dict(sorted(tensor_entries.items())),
                 "tokenizer": tokenizer_entry(self.spm_model, self.tokenizer_options, self.tokenizer_checksum),
                 **({"pipeline": self.pipeline.to_dict()} if self.pipeline else {})}
 
@@ -91,6 +100,11 @@ class ModelFile:
         """SHA-256 of the canonical manifest: two models with the same digest compute the
         same function."""
         return hashlib.sha256(canonical_json(self.manifest()).encode()).hexdigest()
+
+
+def tensor_entry(array, checksum: str | None = None) -> dict:
+    """The manifest's record of a tensor: shape, dtype and SHA-256 (hashed unless given)."""
+    return {"shape": list(array.shape), "dtype": array.dtype.str, "sha256": checksum or sha256(array)}
 
 
 def tokenizer_entry(spm_model: bytes | None, options: dict, checksum: str | None = None) -> dict | None:
@@ -157,9 +171,15 @@ def check_tensors(config: AlbertConfig, tensors: dict, where: str = "", finite: 
             raise ModelFileError(f"{where}tensor {name}: dtype {array.dtype}, expected float32")
         if array.shape != expected[name]:
             raise ModelFileError(f"{where}tensor {name}: shape {array.shape}, expected {expected[name]} from the config")
-        if finite and not np.isfinite(array).all():
-            bad = np.argwhere(~np.isfinite(array))[0]
-            raise ModelFileError(f"{where}tensor {name}: non-finite value {array[tuple(bad)]} at index {tuple(bad.tolist())}")
+        if finite:
+            check_finite(name, array, where)
+
+
+def check_finite(name: str, array: np.ndarray, where: str = "") -> None:
+    """Raise ModelFileError naming the first NaN or infinity in a tensor."""
+    if not np.isfinite(array).all():
+        bad = np.argwhere(~np.isfinite(array))[0]
+        raise ModelFileError(f"{where}tensor {name}: non-finite value {array[tuple(bad)]} at index {tuple(bad.tolist())}")
 
 
 def write_model(path, model: ModelFile) -> None:
@@ -202,10 +222,16 @@ def _set_text(obj, name: str, text: str) -> None:
     obj.attrs[name] = np.bytes_(text.encode("utf-8"))
 
 
-def read_model(path, verify: bool = True) -> ModelFile:
+def read_model(path, verify: bool = True, convert=None) -> ModelFile:
     """Read and validate a model file; `verify=False` skips only the SHA-256 checks (the
-    stored checksums are returned either way: the digest is made from them)."""
-    return _reading(path, lambda f, path: _read(f, path, verify))
+    stored checksums are returned either way: the digest is made from them).
+
+    convert(name, array), if given, is applied to each tensor as soon as it has been read
+    and checked, and `tensors` holds its results: a backend packing its weights this way
+    never holds all of the file's arrays and all of their packed copies at once (for
+    xlarge, 235 MB less at the peak). Nothing converted is returned unless the whole file
+    is valid."""
+    return _reading(path, lambda f, path: _read(f, path, verify, convert))
 
 
 @dataclasses.dataclass
@@ -322,7 +348,7 @@ def _read_tokenizer(f: h5py.File, datasets: dict, path: Path, verify: bool):
     return spm_model.tobytes(), checksum, options
 
 
-def _read(f: h5py.File, path: Path, verify: bool) -> ModelFile:
+def _read(f: h5py.File, path: Path, verify: bool, convert=None) -> ModelFile:
     version, config, manifest, pipeline = _read_header(f, path)
     provenance = _json_attr(f, "provenance", path)
     datasets = _walk(f, path)
@@ -335,22 +361,38 @@ def _read(f: h5py.File, path: Path, verify: bool) -> ModelFile:
         if ds.dtype != np.dtype("<f4"):
             raise ModelFileError(f"{path}: tensor {name}: dtype {ds.dtype}, expected little-endian float32")
     check_tensors(config, weights, f"{path}: ", finite=False, pipeline=pipeline)  # before reading any data
-    tensors, checksums = {}, {}
-    for name, ds in weights.items():
-        tensors[name], checksums[name] = _read_dataset(ds, name, path, verify)
-    check_tensors(config, tensors, f"{path}: ", pipeline=pipeline)
+    # Unverified, the data is trusted to match the manifest (whose integrity the digest has
+    # confirmed); the per-dataset attributes are checked against the data only when
+    # verifying, so that a damaged one can still be described (`albert-ref info`).
+    trusted = manifest is not None and not verify
+    listed = manifest["tensors"] if trusted and isinstance(manifest["tensors"], dict) else {}
+    tensors, checksums, entries = {}, {}, {}
+    with ThreadPoolExecutor(1, thread_name_prefix="albert-ref-sha256") as hasher:
+        for name, ds in weights.items():
+            # Each tensor is hashed on the hasher's thread while it is checked and converted
+            # here; a damaged tensor's ChecksumError takes precedence over its other errors.
+            array, checksum = _read_dataset(ds, name, path, verify, hasher if verify else None)
+            try:
+                check_finite(name, array, f"{path}: ")
+                tensors[name] = array if convert is None else convert(name, array)
+            finally:
+                if verify:
+                    checksum = checksum.result()
+            if trusted:
+                checksum = listed[name].get("sha256") if isinstance(listed.get(name), dict) else None
+            if convert is not None:   # the manifest's entry, while the file's array is still here
+                entries[name] = tensor_entry(array, checksum)
+                checksum = entries[name]["sha256"]
+            checksums[name] = checksum
+            del array
 
     spm_model, spm_checksum, options = _read_tokenizer(f, datasets, path, verify)
-    if manifest is not None and not verify:
-        # Unverified, the data is trusted to match the manifest (whose integrity the digest
-        # has confirmed); the per-dataset attributes are checked against the data only when
-        # verifying, so that a damaged one can still be described (`albert-ref info`).
-        listed = manifest["tensors"] if isinstance(manifest["tensors"], dict) else {}
-        checksums = {n: listed[n].get("sha256") if isinstance(listed.get(n), dict) else None for n in tensors}
-        if isinstance(manifest["tokenizer"], dict):
-            spm_checksum = manifest["tokenizer"].get("sha256")
+    if trusted and isinstance(manifest["tokenizer"], dict):
+        spm_checksum = manifest["tokenizer"].get("sha256")
     checksums = {n: c for n, c in checksums.items() if c is not None}
     model = ModelFile(config, tensors, spm_model, options, provenance, checksums, spm_checksum, version, pipeline)
+    if convert is not None:
+        model.read_manifest = model.manifest_of(entries)
     if manifest is not None:
         _check_manifest(model.manifest(), manifest, path)
     return model
@@ -444,9 +486,13 @@ def _walk(f: h5py.File, path: Path) -> dict[str, h5py.Dataset]:
     return found
 
 
-def _read_dataset(ds: h5py.Dataset, name: str, path: Path, verify: bool) -> tuple[np.ndarray, str | None]:
+def _read_dataset(ds: h5py.Dataset, name: str, path: Path, verify: bool, hasher=None):
     """The data and its stored SHA-256. verify: hash the data and compare (a missing
-    checksum is an error); otherwise a missing or malformed checksum is returned as None."""
+    checksum is an error); otherwise a missing or malformed checksum is returned as None.
+
+    hasher (an executor): the data is hashed there while the caller goes on (hashlib
+    releases the GIL), and the checksum comes back as a future to `.result()`, which
+    raises the ChecksumError."""
     if ds.external or ds.is_virtual:
         raise ModelFileError(f"{path}: {name} uses external storage, which is refused")
     if ds.chunks is not None or ds.compression is not None:
@@ -457,9 +503,18 @@ def _read_dataset(ds: h5py.Dataset, name: str, path: Path, verify: bool) -> tupl
         if isinstance(stored, bytes):
             stored = stored.decode("ascii", "replace")
         is_hex = isinstance(stored, str) and len(stored) == 64 and all(c in "0123456789abcdef" for c in stored)
-        return array, stored if is_hex else None
-    stored = _attr(ds, "sha256", path)
+        checksum = stored if is_hex else None
+    else:
+        stored = _attr(ds, "sha256", path)
+        if hasher is None:
+            checksum = _verified(array, stored, name, path)
+        else:
+            checksum = hasher.submit(_verified, array, stored, name, path)
+    return array, checksum
+
+
+def _verified(array, stored: str, name: str, path: Path) -> str:
     actual = sha256(array)
     if actual != stored:
         raise ChecksumError(f"{path}: {name}: SHA-256 mismatch (stored {stored[:16]}..., data {actual[:16]}...): the file is corrupt")
-    return array, stored
+    return stored
