@@ -34,10 +34,10 @@ class PackedKernel:
 
     __slots__ = ("panels", "shape", "variant")
 
-    def __init__(self, array, kernels: _isa.KernelSet, threads: int = 1):
+    def __init__(self, array, kernels: _isa.KernelSet):
         self.shape = array.shape
         self.variant = kernels.variant
-        self.panels = kernels.pack(array, threads)
+        self.panels = kernels.pack(array)
 
 
 _HEAP_LIMITED = False
@@ -166,8 +166,22 @@ class KernelOps:
         if is_dense_kernel(name):
             if array.ndim != 2:
                 raise ValueError(f"{name}: a dense kernel must be 2-D, got shape {array.shape}")
-            return PackedKernel(array, self._kernels, self.threads) if self.fast else array
+            return PackedKernel(array, self._kernels) if self.fast else array
         return array
+
+    def warm_up(self):
+        """Loads every kernel a forward pass calls from Numba's cache (compiling it on a cold
+        one), by calling each op, in the order a pass does, on arrays of one or two
+        elements: argument types, not sizes, make the signatures. albert_ref.load runs it on
+        a second thread while the weights are read, which hides Numba's set-up and loading."""
+        one = np.ones((1, 2, 2), dtype=np.float32)
+        vec = np.ones(2, dtype=np.float32)
+        ids = np.zeros((1, 2), dtype=np.int32)
+        with self.workspace():
+            x = self.embed(ids, ids, one[0], one[0], one[0])
+            x = self.layer_norm(x, x, vec, vec, 1e-12)
+            x = self.dense(x, self.prepare("warm_up/kernel", one[0]), vec, "gelu_tanh")
+            self.attention(x, x, x, ids + 1, 1)
 
     # -- ops ----------------------------------------------------------------------------------
     def embed(self, input_ids, segment_ids, word, token_type, position):

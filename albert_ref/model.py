@@ -1,6 +1,7 @@
 """A loaded model: its file, a backend, and the TF-Hub `tokens` signature as a call."""
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -42,11 +43,38 @@ def load(path, backend: str = "cpu", dtype: str | None = None, threads: int | No
     "avx512", "avx2" or "sse" (default: $ALBERT_REF_ISA, else the widest this CPU runs);
     every variant gives the same bits."""
     ops = make_ops(backend, dtype, threads, isa)
-    # Dense kernels are prepared (packed) as the file is read, each as soon as it is checked,
-    # so that the file's arrays and their packed copies never all exist at once.
-    model_file = read_model(path, verify=verify,
-                            convert=lambda name, array: ops.prepare(name, array) if is_dense_kernel(name) else array)
+    # The backend loads its kernels on a second thread meanwhile (reading, hashing and
+    # packing release the GIL), and dense kernels are packed as the file is read, each as
+    # soon as it is checked, so that the file's arrays and their packed copies never all
+    # exist at once.
+    warm_up = _Background(getattr(ops, "warm_up", None))
+    try:
+        model_file = read_model(path, verify=verify,
+                                convert=lambda name, array: ops.prepare(name, array) if is_dense_kernel(name) else array)
+    finally:
+        warm_up.join()
     return Model(model_file, path=path, ops=ops)
+
+
+class _Background(threading.Thread):
+    """fn() on a thread of its own; an error it raises is dropped, since the same call
+    made by the forward pass will raise it where it can be handled."""
+
+    def __init__(self, fn):
+        super().__init__(name="albert-ref-warm-up", daemon=True)
+        self._fn = fn
+        if fn is not None:
+            self.start()
+
+    def run(self):
+        try:
+            self._fn()
+        except Exception:  # noqa: BLE001 - see the docstring
+            pass
+
+    def join(self, timeout=None):
+        if self._fn is not None:
+            super().join(timeout)
 
 
 class Model:

@@ -37,6 +37,9 @@ class Ops(Protocol):
         panels); a tensor already in that form is returned as it is (albert_ref.load packs
         dense kernels while reading the file, then prepares the whole set)."""
 
+    # Optional: warm_up(), loading the backend's compiled kernels before the first pass
+    # (albert_ref.load calls it, if present, while it reads the weights).
+
     def embed(self, input_ids, segment_ids, word, token_type, position):
         """(word[ids] + token_type[segment_ids]) + position: [B, S] -> [B, S, E]."""
 

@@ -65,7 +65,7 @@ def main(argv=None):
             x = rng.standard_normal((M, K), dtype=np.float32)
             w = (rng.standard_normal((K, N), dtype=np.float32) / np.float32(np.sqrt(K)))
             bias = np.zeros(N, np.float32)
-            bp = kernels.pack(w, args.threads)
+            bp = kernels.pack(w)
             ours = lambda: kernels.dense(x, bp, bias, 0, args.threads, np.empty((M, N), np.float32))
             out = np.empty((M, N), np.float32)
             reused = lambda: kernels.dense(x, bp, bias, 0, args.threads, out)

@@ -170,23 +170,19 @@ def make_micro(mr, nr, vw):
 
 # --- fast: packing and the tiled driver -------------------------------------------------------
 
-@njit(nogil=True, **_JIT)
-def pack_b(w, out, part, parts):
-    """W [K, N] -> out [ceil(N/nr), K, nr]: NR-column panels, columns past N zero. Done once
-    per weight, slice `part` of `parts` of the panels (albert_ref.parts)."""
+def pack_b(w, nr):
+    """W [K, N] (float32) -> [ceil(N/nr), K, nr]: NR-column panels, columns past N zero.
+    Done once per weight, as the model is read. A layout copy, so NumPy does it (as fast as
+    a Numba loop, releasing the GIL, and with nothing to compile or to load from Numba's
+    cache before the weights can be read)."""
     K, N = w.shape
-    npan, _, nr = out.shape
-    # 8 rows of W at a time (8 x N floats: 256 KB at N = 8192, within any L2), each copied
-    # to every panel: one panel's column of W, row by row, strides N floats per row and
-    # is 2-3x slower. Packing xlarge's weights is part of every model load.
-    for k0 in range(0, K, 8):
-        for p in range(npan * part // parts, npan * (part + 1) // parts):
-            cols = min(nr, N - p * nr)
-            for k in range(k0, min(K, k0 + 8)):
-                for j in range(cols):
-                    out[p, k, j] = w[k, p * nr + j]
-                for j in range(cols, nr):
-                    out[p, k, j] = 0.0
+    full, rest = divmod(N, nr)
+    out = np.empty((full + (rest > 0), K, nr), dtype=np.float32)
+    out[:full] = w[:, :full * nr].reshape(K, full, nr).transpose(1, 0, 2)
+    if rest:
+        out[full, :, :rest] = w[:, full * nr:]
+        out[full, :, rest:] = 0.0
+    return out
 
 
 @njit(**_JIT)

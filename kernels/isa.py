@@ -27,7 +27,6 @@ import platform
 import types
 from dataclasses import dataclass
 
-import numpy as np
 from numba import njit
 
 from albert_ref.errors import IsaError
@@ -146,12 +145,9 @@ class KernelSet:
         ans = dict(vars(_attention), MR=v.mr, NR=v.nr, gemm_tile=ns["gemm_tile"])
         self.attention_part = _specialise(_attention.attention_part, ans, v)
 
-    def pack(self, w, threads=1):
-        """W [K, N] (float32, C order) as this variant's NR-column panels."""
-        nr = self.variant.nr
-        panels = np.empty(((w.shape[1] + nr - 1) // nr, w.shape[0], nr), dtype=np.float32)
-        run_parts(_gemm.pack_b, threads, w, panels)
-        return panels
+    def pack(self, w):
+        """W [K, N] (float32) as this variant's NR-column panels."""
+        return _gemm.pack_b(w, self.variant.nr)
 
     def gemm_packed(self, x, bp, bias, act, out, mc, nc, kchunk, threads=1):
         """out [M, N] = act(x @ W + bias) with explicit tiling (gemm.gemm_part)."""

@@ -94,3 +94,35 @@ def test_accuracy_against_float64(cpu):
                 squares[name] += np.mean(((out[key][real] - ref) / unit) ** 2)
             assert np.sqrt(np.mean((got["ours"][key][real] - ref) ** 2)) <= 16 * unit, (seed, key)
     assert squares["ours"] <= squares["blas"], squares
+
+
+_FIRST_PASS = """
+import gc, sys
+import numpy as np
+from numba.core.registry import CPUDispatcher
+import albert_ref
+from albert_ref.weights import DEMO_MODEL
+
+def signatures():
+    return {(d.py_func.__qualname__, s) for d in gc.get_objects() if isinstance(d, CPUDispatcher) for s in d.signatures}
+
+model = albert_ref.load(DEMO_MODEL, backend=sys.argv[1])
+loaded = signatures()
+ids = np.array([[2, 40, 41, 3, 0, 0], [2, 50, 3, 60, 61, 3]], np.int32)
+model(ids, ids != 0, np.array([[0] * 6, [0, 0, 0, 1, 1, 1]]))
+new = signatures() - loaded
+assert not new, f"the first pass still needed: {sorted(new, key=str)}"
+print(len(loaded))
+"""
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_load_leaves_no_kernel_for_the_first_pass_to_load(backend):
+    """albert_ref.load warms the backend's kernels up (on a second thread, while it reads the
+    weights), so the first forward pass compiles or loads none: in a fresh process, since
+    this one's kernels were loaded long ago."""
+    import subprocess
+    import sys
+    run = subprocess.run([sys.executable, "-c", _FIRST_PASS, backend], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert int(run.stdout) >= 4   # embed, LayerNorm, dense, attention at least

@@ -303,3 +303,15 @@ def test_threads_argument():
     with pytest.raises(ValueError):
         KernelOps(True, threads=numba.config.NUMBA_NUM_THREADS + 1)
     assert KernelOps(True).name == "cpu" and KernelOps(False).name == "reference"
+
+
+@settings(max_examples=40, deadline=None)
+@given(k=st.integers(1, 9), n=st.integers(1, 70), nr=st.sampled_from([12, 24, 64]))
+def test_packed_panels_hold_w_column_by_column_and_zeros_past_n(k, n, nr):
+    w = np.arange(1, k * n + 1, dtype=np.float32).reshape(k, n)
+    panels = gemm.pack_b(w, nr)
+    assert panels.shape == (-(-n // nr), k, nr) and panels.dtype == np.float32 and panels.flags.c_contiguous
+    for p in range(panels.shape[0]):
+        cols = min(nr, n - p * nr)
+        assert np.array_equal(panels[p, :, :cols], w[:, p * nr:p * nr + cols])
+        assert not panels[p, :, cols:].any()
