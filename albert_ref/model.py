@@ -43,38 +43,43 @@ def load(path, backend: str = "cpu", dtype: str | None = None, threads: int | No
     "avx512", "avx2" or "sse" (default: $ALBERT_REF_ISA, else the widest this CPU runs);
     every variant gives the same bits."""
     ops = make_ops(backend, dtype, threads, isa)
-    # The backend loads its kernels on a second thread meanwhile (reading, hashing and
-    # packing release the GIL), and dense kernels are packed as the file is read, each as
-    # soon as it is checked, so that the file's arrays and their packed copies never all
-    # exist at once.
-    warm_up = _Background(getattr(ops, "warm_up", None))
-    try:
-        model_file = read_model(path, verify=verify,
-                                convert=lambda name, array: ops.prepare(name, array) if is_dense_kernel(name) else array)
-    finally:
-        warm_up.join()
+    warm_up = _WarmUp(ops)
+
+    def convert(name, array):
+        # Reached once the file's layout, names, shapes and dtypes have been checked: the
+        # backend's kernels now load on a second thread while the data is read, hashed and
+        # packed (all GIL-free). Dense kernels are packed as they are read, so that the
+        # file's arrays and their packed copies never all exist at once.
+        warm_up.start()
+        return ops.prepare(name, array) if is_dense_kernel(name) else array
+    model_file = read_model(path, verify=verify, convert=convert)
+    warm_up.join()
     return Model(model_file, path=path, ops=ops)
 
 
-class _Background(threading.Thread):
-    """fn() on a thread of its own; an error it raises is dropped, since the same call
-    made by the forward pass will raise it where it can be handled."""
+class _WarmUp:
+    """ops.warm_up() on a daemon thread, started at most once. An error it meets is dropped:
+    the forward pass makes the same calls and raises it where it can be handled. When the
+    load fails, it is not waited for (a cold cache compiles for seconds) and finishes alone."""
 
-    def __init__(self, fn):
-        super().__init__(name="albert-ref-warm-up", daemon=True)
-        self._fn = fn
-        if fn is not None:
-            self.start()
+    def __init__(self, ops):
+        self._fn = getattr(ops, "warm_up", None)
+        self._thread = None
 
-    def run(self):
+    def start(self):
+        if self._fn is not None and self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="albert-ref-warm-up", daemon=True)
+            self._thread.start()
+
+    def _run(self):
         try:
             self._fn()
-        except Exception:  # noqa: BLE001 - see the docstring
+        except Exception:  # noqa: BLE001 - see the class docstring
             pass
 
-    def join(self, timeout=None):
-        if self._fn is not None:
-            super().join(timeout)
+    def join(self):
+        if self._thread is not None:
+            self._thread.join()
 
 
 class Model:
