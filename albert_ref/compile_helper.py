@@ -1,0 +1,136 @@
+"""A cold start's second core: while the CLI compiles the cpu backend's kernels in the
+order its forward calls them (weight packing, embeddings, LayerNorm, the dense GEMM), a
+helper process compiles the one it calls last, attention (with its real-key index, its
+softmax and the GEMM tile it shares), into Numba's on-disk cache, and the CLI loads it
+from there instead of compiling it (2 cores, Zen 4: 5.9 s -> 4.3 s; benchmarks/RESULTS.md,
+"Cold start in two processes").
+
+Why the bits cannot change: Numba looks each new signature up in its cache before
+compiling it and writes every cache file under a temporary name that it then renames, so
+a reader sees a whole entry or none (numba/core/caching.py, `_open_for_write`). The helper
+calls the same KernelOps method as the forward, in the same environment (NUMBA_CACHE_DIR,
+NUMBA_CPU_NAME / FEATURES, the same kernel variant), so its signatures and cache keys are
+the ones the CLI looks up, and an entry is the same compiled code whichever process wrote it.
+
+When the CLI reaches attention while the helper is still compiling it, it waits for the
+helper (at most WAIT_S) rather than compile it a second time: Numba's cache lookup for
+that one function goes through `_WaitForHelper`.
+
+The helper is an optimisation only. If it cannot start, fails, or writes nothing, the CLI
+compiles everything itself. It writes nothing to stdout or stderr, exits when the CLI's
+pipe to it closes (so even a killed CLI leaves no orphan), and the CLI terminates and reaps
+it when its command ends. Only the CLI starts one (compile_notice.notice_compilation);
+`albert_ref.load` never spawns a process.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+
+WAIT_S = 30.0   # a helper slower than this is stuck: the CLI then compiles attention itself
+
+
+class CompileHelper:
+    """At most one helper process for one CLI command: `start` on the first compilation,
+    `stop` when the command ends."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen | None = None
+        self._waiting = None      # the dispatcher whose cache lookups wait for the helper
+        self._stopped = False
+
+    def command(self, variant: str) -> list[str]:
+        return [sys.executable, "-m", "albert_ref.compile_helper", variant]
+
+    def start(self) -> None:
+        """Starts the helper for the cpu backend's kernel variant, once; never raises."""
+        from albert_ref.errors import IsaError
+        from albert_ref.kernels import isa
+
+        with self._lock:
+            if self._proc is not None or self._stopped:
+                return
+            self._stopped = True          # one attempt only, whatever happens below
+            try:
+                kernels = isa.kernel_set(isa.select().name)
+                self._proc = subprocess.Popen(self.command(kernels.variant.name), stdin=subprocess.PIPE,
+                                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            except (IsaError, OSError, ValueError, subprocess.SubprocessError):
+                return                    # no helper: the CLI compiles everything, as it would anyway
+            if hasattr(kernels.attention_part, "_cache"):   # Numba's per-dispatcher cache (a private name)
+                self._waiting = kernels.attention_part
+                self._waiting._cache = _WaitForHelper(self._waiting._cache, self._proc)
+
+    def stop(self) -> None:
+        """Terminates the helper if it still runs, and reaps it."""
+        with self._lock:
+            self._stopped = True
+            proc, self._proc = self._proc, None
+            if self._waiting is not None:
+                self._waiting._cache = self._waiting._cache.cache
+                self._waiting = None
+        if proc is None:
+            return
+        try:
+            proc.stdin.close()
+        except OSError:
+            pass
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        proc.wait()
+
+
+class _WaitForHelper:
+    """A dispatcher's Numba cache whose lookups, on a miss while the helper runs, wait for
+    it to exit (bounded) and look again: loading what it compiled beats compiling the same
+    function a second time."""
+
+    def __init__(self, cache, proc: subprocess.Popen):
+        self.cache = cache
+        self._proc = proc
+
+    def load_overload(self, sig, target_context):
+        found = self.cache.load_overload(sig, target_context)
+        if found is None and self._proc.poll() is None:     # not there yet, and the helper is on it
+            try:
+                self._proc.wait(timeout=WAIT_S)
+            except subprocess.TimeoutExpired:
+                pass
+            found = self.cache.load_overload(sig, target_context)
+        return found
+
+    def __getattr__(self, name):
+        return getattr(self.cache, name)
+
+
+def _exit_with_parent() -> None:
+    """Exits this process when the CLI's end of the stdin pipe closes (the CLI ended, or
+    was killed before it could terminate us)."""
+    try:
+        sys.stdin.buffer.read()
+    finally:
+        os._exit(0)
+
+
+def compile_last_kernels(variant: str) -> None:
+    """Compiles (or loads from the cache) attention for kernel variant `variant`, through
+    KernelOps.attention on tiny arrays (the types make the signatures, not the sizes)."""
+    import numpy as np
+
+    from albert_ref.kernel_backend import KernelOps
+
+    ops = KernelOps(fast=True, threads=1, isa=variant)
+    q = np.zeros((1, 2, 2), dtype=np.float32)
+    ops.attention(q, q, q, np.ones((1, 2), dtype=np.int64), 1)
+
+
+if __name__ == "__main__":
+    threading.Thread(target=_exit_with_parent, daemon=True).start()
+    compile_last_kernels(sys.argv[1])
