@@ -29,7 +29,10 @@ import subprocess
 import sys
 import threading
 
-WAIT_S = 30.0   # a helper slower than this is stuck: the CLI then compiles attention itself
+# The helper starts with the CLI's first compilation and needs about as long as the CLI takes
+# to reach attention, so a wait is normally a fraction of a second; one this long means the
+# helper is stuck, and the CLI compiles attention itself.
+WAIT_S = 10.0
 
 
 class CompileHelper:
@@ -43,7 +46,10 @@ class CompileHelper:
         self._stopped = False
 
     def command(self, variant: str) -> list[str]:
-        return [sys.executable, "-m", "albert_ref.compile_helper", variant]
+        """This interpreter, on this process's sys.path (not `-m`, which would put the current
+        directory first: an albert_ref source tree there is not necessarily the one running)."""
+        boot = "import sys; sys.path[:] = sys.argv[2:]; from albert_ref.compile_helper import main; main(sys.argv[1])"
+        return [sys.executable, "-c", boot, variant, *sys.path]
 
     def start(self) -> None:
         """Starts the helper for the cpu backend's kernel variant, once; never raises."""
@@ -131,6 +137,7 @@ def compile_last_kernels(variant: str) -> None:
     ops.attention(q, q, q, np.ones((1, 2), dtype=np.int64), 1)
 
 
-if __name__ == "__main__":
+def main(variant: str) -> None:
+    """The helper process (started by CompileHelper.start)."""
     threading.Thread(target=_exit_with_parent, daemon=True).start()
-    compile_last_kernels(sys.argv[1])
+    compile_last_kernels(variant)
