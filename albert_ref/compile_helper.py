@@ -2,19 +2,24 @@
 order its forward calls them (weight packing, embeddings, LayerNorm, the dense GEMM), a
 helper process compiles the one it calls last, attention (with its real-key index, its
 softmax and the GEMM tile it shares), into Numba's on-disk cache, and the CLI loads it
-from there instead of compiling it (2 cores, Zen 4: 5.9 s -> 4.3 s; benchmarks/RESULTS.md,
+from there instead of compiling it (2 Zen 4 cores: 5.5 s -> 3.9 s; benchmarks/RESULTS.md,
 "Cold start in two processes").
 
-Why the bits cannot change: Numba looks each new signature up in its cache before
-compiling it and writes every cache file under a temporary name that it then renames, so
-a reader sees a whole entry or none (numba/core/caching.py, `_open_for_write`). The helper
-calls the same KernelOps method as the forward, in the same environment (NUMBA_CACHE_DIR,
-NUMBA_CPU_NAME / FEATURES, the same kernel variant), so its signatures and cache keys are
-the ones the CLI looks up, and an entry is the same compiled code whichever process wrote it.
+Why the bits cannot change. The helper calls the same KernelOps method as the forward, in
+the same environment (NUMBA_CACHE_DIR, NUMBA_CPU_NAME / FEATURES, the same kernel variant,
+the CLI's sys.path), so its signatures and cache keys are the ones the CLI looks up, and a
+cache entry is the same compiled code whichever process wrote it. Numba looks each new
+signature up in its cache before compiling it, and writes every file under a temporary
+name that it then renames, so no half-written file is read (numba/core/caching.py,
+`_open_for_write`). It writes a function's index before the data file the index names: a
+lookup in between finds no file and compiles (here: waits, then looks again). That file
+could only be an older one if a stale cache survived, and albert_ref.kernels deletes one
+(other kernel sources or another Numba) on import, before either process compiles
+(kernels/__init__.py).
 
-When the CLI reaches attention while the helper is still compiling it, it waits for the
-helper (at most WAIT_S) rather than compile it a second time: Numba's cache lookup for
-that one function goes through `_WaitForHelper`.
+When the CLI reaches attention before the helper has saved it, it waits for the helper to
+exit (at most WAIT_S) and looks again, rather than compile it a second time
+(`_WaitForHelper`, the cache lookup of that one function).
 
 The helper is an optimisation only. If it cannot start, fails, or writes nothing, the CLI
 compiles everything itself. It writes nothing to stdout or stderr, exits when the CLI's
@@ -118,9 +123,11 @@ class _WaitForHelper:
 
 def _exit_with_parent() -> None:
     """Exits this process when the CLI's end of the stdin pipe closes (the CLI ended, or
-    was killed before it could terminate us)."""
+    was killed before it could terminate us). os.read, not sys.stdin: a daemon thread
+    blocked inside a buffered reader aborts the interpreter's shutdown."""
     try:
-        sys.stdin.buffer.read()
+        while os.read(0, 4096):
+            pass
     finally:
         os._exit(0)
 
