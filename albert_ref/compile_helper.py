@@ -65,6 +65,8 @@ class CompileHelper:
             if self._proc is not None or self._stopped:
                 return
             self._stopped = True          # one attempt only, whatever happens below
+            if spare_cpus() < 1:
+                return                    # on one CPU a second compiler only competes with this one
             try:
                 kernels = isa.kernel_set(isa.select().name)
                 self._proc = subprocess.Popen(self.command(kernels.variant.name), stdin=subprocess.PIPE,
@@ -96,6 +98,12 @@ class CompileHelper:
             except subprocess.TimeoutExpired:
                 proc.kill()
         proc.wait()
+
+
+def spare_cpus() -> int:
+    """CPUs this process may run on besides the one compiling."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return cpus - 1
 
 
 class _WaitForHelper:
