@@ -156,3 +156,4 @@ def main(variant: str) -> None:
     """The helper process (started by CompileHelper.start)."""
     threading.Thread(target=_exit_with_parent, daemon=True).start()
     compile_last_kernels(variant)
+    os._exit(0)  # the cache files are closed: the CLI may be waiting, skip the teardown (~0.2 s)
