@@ -2,7 +2,7 @@
 order its forward calls them (weight packing, embeddings, LayerNorm, the dense GEMM), a
 helper process compiles the one it calls last, attention (with its real-key index, its
 softmax and the GEMM tile it shares), into Numba's on-disk cache, and the CLI loads it
-from there instead of compiling it (2 Zen 4 cores: 5.5 s -> 3.9 s; benchmarks/RESULTS.md,
+from there instead of compiling it (2 Zen 4 cores: 5.0-5.4 s -> 3.7-3.9 s; benchmarks/RESULTS.md,
 "Cold start in two processes").
 
 Why the bits cannot change. The helper calls the same KernelOps method as the forward, in
