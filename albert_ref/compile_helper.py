@@ -73,6 +73,8 @@ class CompileHelper:
                                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             except (IsaError, OSError, ValueError, subprocess.SubprocessError):
                 return                    # no helper: the CLI compiles everything, as it would anyway
+            # reaped as soon as it exits, not when the command ends: `serve` runs for hours
+            threading.Thread(target=self._proc.wait, name="albert-ref-helper-reaper", daemon=True).start()
             if hasattr(kernels.attention_part, "_cache"):   # Numba's per-dispatcher cache (a private name)
                 self._waiting = kernels.attention_part
                 self._waiting._cache = _WaitForHelper(self._waiting._cache, self._proc)
