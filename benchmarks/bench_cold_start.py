@@ -1,7 +1,8 @@
 """The first `albert-ref embed "hello world"` on an empty Numba cache, with and without the
 compile helper (albert_ref/compile_helper.py), runs alternating, each in a new process
 with a fresh NUMBA_CACHE_DIR (also its working directory, so that the albert_ref of this
-interpreter is imported, not a source tree in the current directory); then the warm run (same cache) after each cold one.
+interpreter is imported, not a source tree in the current directory); then the warm run
+(same cache) after each cold one.
 
 Wall seconds from process start to exit; CPU seconds and peak RSS from wait4 (as
 /usr/bin/time reports them: CPU counts the helper too, which the CLI reaps; RSS is the
