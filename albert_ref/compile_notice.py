@@ -2,9 +2,10 @@
 install, an upgrade or a change of CPU): seconds of silence otherwise look like a hang.
 
 Numba announces each compilation with a "numba:compile" event, and none when it loads a
-function from its on-disk cache, so the line appears exactly when a run compiles. Only
-the CLI listens (`notice_compilation`, a context manager): a library import changes
-nothing process-wide and prints nothing.
+function from its on-disk cache, so the line appears exactly when a run compiles, and so
+does the helper process that compiles attention meanwhile (albert_ref/compile_helper.py).
+Only the CLI listens (`notice_compilation`, a context manager): a library import changes
+nothing process-wide, prints nothing and starts no process.
 """
 from __future__ import annotations
 
