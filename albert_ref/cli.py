@@ -209,7 +209,8 @@ def main(argv=None) -> int:
     from albert_ref.kernel_backend import limit_heap_retention
     limit_heap_retention()  # this process is ours: keep freed weight-sized buffers out of the heap
     try:
-        with notice_compilation():  # a first run compiles for seconds: say so
+        # a first run compiles for seconds: say so, and compile on a second core too
+        with notice_compilation(helper=getattr(args, "backend", None) == "cpu"):
             args.func(args)
     except CheckFailed as exc:
         print(f"albert-ref: error: {exc}", file=sys.stderr)

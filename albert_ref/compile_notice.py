@@ -2,9 +2,10 @@
 install, an upgrade or a change of CPU): seconds of silence otherwise look like a hang.
 
 Numba announces each compilation with a "numba:compile" event, and none when it loads a
-function from its on-disk cache, so the line appears exactly when a run compiles. Only
-the CLI listens (`notice_compilation`, a context manager): a library import changes
-nothing process-wide and prints nothing.
+function from its on-disk cache, so the line appears exactly when a run compiles, and so
+does the helper process that compiles attention meanwhile (albert_ref/compile_helper.py).
+Only the CLI listens (`notice_compilation`, a context manager): a library import changes
+nothing process-wide, prints nothing and starts no process.
 """
 from __future__ import annotations
 
@@ -31,8 +32,9 @@ class CompileNotice(event.Listener):
     """Writes one line to `stream` on the first compilation of an albert_ref function,
     whichever thread compiles (the kernels' threads, a server's compute thread)."""
 
-    def __init__(self, stream=None):
+    def __init__(self, stream=None, helper=None):
         self.stream = stream
+        self.helper = helper      # a CompileHelper to start with the first compilation, or None
         self._lock = threading.Lock()
         self.said = False
 
@@ -43,6 +45,8 @@ class CompileNotice(event.Listener):
             if self.said:
                 return
             self.said = True
+        if self.helper is not None:
+            self.helper.start()
         stream = self.stream or sys.stderr
         print(f"albert-ref: compiling the kernels for {_describe_target()}; first run only, "
               f"later runs load them from Numba's cache...", file=stream, flush=True)
@@ -52,7 +56,15 @@ class CompileNotice(event.Listener):
 
 
 @contextlib.contextmanager
-def notice_compilation(stream=None):
-    """Within the block, the first compilation of albert_ref code prints one line."""
-    with event.install_listener("numba:compile", CompileNotice(stream)):
-        yield
+def notice_compilation(stream=None, helper=False):
+    """Within the block, the first compilation of albert_ref code prints one line, and with
+    helper=True (the cpu backend) starts a process that compiles the attention kernels at
+    the same time (albert_ref.compile_helper), which is ended when the block ends."""
+    from albert_ref.compile_helper import CompileHelper
+    process = CompileHelper() if helper else None
+    try:
+        with event.install_listener("numba:compile", CompileNotice(stream, process)):
+            yield
+    finally:
+        if process is not None:
+            process.stop()

@@ -5,8 +5,8 @@ Numba's on-disk cache (`cache=True`) checks only the source file of the function
 compiled, not the modules inlined into it: after an edit to fmath.py, gemm.py's cached
 machine code would still carry the old exp. So, on import, a digest of the modules that
 hold `@njit` code (every kernels/*.py but cuda_*.py, which numba.cuda compiles without
-the disk cache) is compared with the one the cache was built from, and a stale cache is
-dropped. The cache directory is the one Numba itself picks for kernels/ (NUMBA_CACHE_DIR
+the disk cache) and of Numba's version is compared with the one the cache was built
+from, and a stale cache is dropped. The cache directory is the one Numba itself picks for kernels/ (NUMBA_CACHE_DIR
 when set, else kernels/__pycache__, else the user-wide cache), and the digest is stamped
 beside it, so each cache directory carries its own stamp. Where the cache cannot be
 located (Numba's internals moved) or purged, a StaleCacheWarning says so and how to clear
@@ -45,9 +45,13 @@ def _numba_cache_dir() -> Path | None:
 
 
 def source_stamp() -> str:
-    """SHA-256 over the sources of every module that holds @njit code."""
+    """SHA-256 over the sources of every module that holds @njit code, and Numba's version:
+    a new Numba ignores an older one's index but reuses its data file names, and a process
+    reading while another writes could pair a new index entry with an old data file."""
+    import numba
+
     here = Path(__file__).resolve().parent
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(numba.__version__.encode() + b"\0")
     for path in sorted(here.glob("*.py")):
         if not path.name.startswith("cuda_"):
             digest.update(path.name.encode() + b"\0" + path.read_bytes())

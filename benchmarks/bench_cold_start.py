@@ -1,0 +1,75 @@
+"""The first `albert-ref embed "hello world"` on an empty Numba cache, with and without the
+compile helper (albert_ref/compile_helper.py), runs alternating, each in a new process
+with a fresh NUMBA_CACHE_DIR (also its working directory, so that the albert_ref of this
+interpreter is imported, not a source tree in the current directory); then the warm run
+(same cache) after each cold one.
+
+Wall seconds from process start to exit; CPU seconds and peak RSS from wait4 (as
+/usr/bin/time reports them: CPU counts the helper too, which the CLI reaps; RSS is the
+largest single process). Prints one line per run and the medians.
+
+    python benchmarks/bench_cold_start.py --runs 3
+    python benchmarks/bench_cold_start.py --runs 3 -- embed --model M.h5 "some text"
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+# The CLI, with the helper switched off for the "without" arm (the only difference).
+_CLI = ("import sys; from albert_ref import compile_helper, cli\n"
+        "if sys.argv[1] == 'without': compile_helper.CompileHelper.start = lambda self: None\n"
+        "sys.exit(cli.main(sys.argv[2:]))")
+
+
+def _run(arm, argv, cache):
+    env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+    with tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-c", _CLI, arm, *argv], env=env, cwd=cache, stdout=subprocess.DEVNULL,
+                                stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode:
+            err.seek(0)
+            raise SystemExit(f"{arm}: exit {proc.returncode}\n{err.read().decode()}")
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--runs", type=int, default=3, help="cold runs per arm (default 3)")
+    p.add_argument("cli", nargs="*", default=["embed", "hello world"], help="the albert-ref command")
+    args = p.parse_args(argv)
+    from albert_ref.kernels import isa
+    import numba
+    print(f"{isa.describe(isa.select())}; Python {sys.version.split()[0]}, numba {numba.__version__}; "
+          f"albert-ref {' '.join(args.cli)}")
+    results = {}
+    for i in range(args.runs):
+        for arm in ("without", "with"):
+            cache = tempfile.mkdtemp(prefix="albert-ref-cold-")
+            try:
+                for kind in ("cold", "warm"):
+                    r = _run(arm, args.cli, cache)
+                    results.setdefault((arm, kind), []).append(r)
+                    print(f"run {i + 1} {arm:>7} helper, {kind}: {r[0]:.2f} s wall, {r[1]:.2f} s CPU, "
+                          f"peak RSS {r[2]:.0f} MB", flush=True)
+            finally:
+                shutil.rmtree(cache, ignore_errors=True)
+    print("medians:")
+    for (arm, kind), rs in results.items():
+        wall, cpu, rss = (statistics.median(x) for x in zip(*rs))
+        print(f"  {kind} {arm:>7} helper: {wall:.2f} s wall, {cpu:.2f} s CPU, peak RSS {rss:.0f} MB "
+              f"(walls {', '.join(f'{r[0]:.2f}' for r in rs)})")
+
+
+if __name__ == "__main__":
+    main()
