@@ -10,6 +10,12 @@ largest single process). Prints one line per run and the medians.
 
     python benchmarks/bench_cold_start.py --runs 3
     python benchmarks/bench_cold_start.py --runs 3 -- embed --model M.h5 "some text"
+    python benchmarks/bench_cold_start.py --runs 2 --xlarge 1x128   # `run` on the xlarge shape
+
+--xlarge BxS runs `albert-ref run` on a model file of the TF-Hub albert_xlarge/2 shape
+(random weights, written once to ~/.cache/albert-ref-bench) and B x S random ids: the warm
+run is then the warm xlarge start of issue 11, and the cold one the peak RSS of a pass on a
+cold cache.
 """
 from __future__ import annotations
 
@@ -43,11 +49,34 @@ def _run(arm, argv, cache):
     return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
 
 
+def _xlarge_command(batch: int, seq: int) -> list[str]:
+    """`run` on the xlarge model file and B x S ids, both written once (the file with the
+    albert-ref the benchmark runs, so that it is current)."""
+    import numpy as np
+
+    from bench_forward import inputs, model_fields
+    from albert_ref.config import AlbertConfig
+    from albert_ref.weights.model_file import write_model
+    from albert_ref.weights.random_model import random_model_file
+    folder = os.path.expanduser("~/.cache/albert-ref-bench")
+    os.makedirs(folder, exist_ok=True)
+    model, ids = os.path.join(folder, "xlarge.h5"), os.path.join(folder, f"ids_{batch}x{seq}.npz")
+    config = AlbertConfig(**model_fields("xlarge"))
+    if not os.path.exists(model):
+        write_model(model, random_model_file(config))
+    input_ids, mask, segs = inputs(batch, seq, config.vocab_size)
+    np.savez(ids, input_ids=input_ids, input_mask=mask, segment_ids=segs)
+    return ["run", model, "--inputs", ids, "--output", os.path.join(folder, "out.npz")]
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=int, default=3, help="cold runs per arm (default 3)")
+    p.add_argument("--xlarge", metavar="BxS", help="run the xlarge shape on B x S ids instead of the command")
     p.add_argument("cli", nargs="*", default=["embed", "hello world"], help="the albert-ref command")
     args = p.parse_args(argv)
+    if args.xlarge:
+        args.cli = _xlarge_command(*map(int, args.xlarge.split("x")))
     from albert_ref.kernels import isa
     import numba
     print(f"{isa.describe(isa.select())}; Python {sys.version.split()[0]}, numba {numba.__version__}; "
