@@ -301,8 +301,10 @@ def gemm_part(x, bp, bias, act, out, mc, nc, kchunk, part, parts):
     """Slice `part` of `parts` of out [M, N] = act(x @ B + bias), x [M, K] C order, B packed
     (albert_ref.parts runs the slices at once).
 
-    The mc x nc output tiles are numbered, and slice p takes the p-th of `parts` equal runs
-    of them. It walks K in chunks of kchunk (a multiple of KB) in ascending order and, within
+    The output is cut into tiles of at most mc x nc, near-equal in whole micro-tiles (so
+    that no slice is left with the narrow last ones: N = 2048 in 240-column tiles would
+    leave one 128 wide), the tiles are numbered, and slice p takes the p-th of `parts`
+    equal runs of them. It walks K in chunks of kchunk (a multiple of KB) in ascending order and, within
     a chunk, its tiles; so each output receives its KB-blocks in ascending order, from one
     slice, and the bits do not depend on mc, nc, kchunk or parts. Chunking only keeps the
     working set of A and B in cache."""
@@ -313,8 +315,11 @@ def gemm_part(x, bp, bias, act, out, mc, nc, kchunk, part, parts):
     nc = max(NR, nc - nc % NR)
     xf = x.reshape(M * K)
     oflat = out.reshape(M * N)
-    mt = (M + mc - 1) // mc
-    tiles = mt * ((N + nc - 1) // nc)
+    mp = (M + MR - 1) // MR                 # micro-tile rows and columns
+    np_ = (N + NR - 1) // NR
+    mt = (mp + mc // MR - 1) // (mc // MR)  # tile rows and columns
+    nt = (np_ + nc // NR - 1) // (nc // NR)
+    tiles = mt * nt
     t0 = tiles * part // parts
     t1 = tiles * (part + 1) // parts
     tmp = np.empty(MR * NR, dtype=np.float32)
@@ -322,10 +327,10 @@ def gemm_part(x, bp, bias, act, out, mc, nc, kchunk, part, parts):
     for ka in range(0, K, kchunk):
         kz = min(K, ka + kchunk)
         for t in range(t0, t1):
-            i0 = (t % mt) * mc
-            i1 = min(M, i0 + mc)
-            j0 = (t // mt) * nc
-            j1 = min(N, j0 + nc)
+            i0 = (t % mt) * mp // mt * MR
+            i1 = min(M, (t % mt + 1) * mp // mt * MR)
+            j0 = (t // mt) * np_ // nt * NR
+            j1 = min(N, (t // mt + 1) * np_ // nt * NR)
             gemm_tile(xf, ORIGIN, K, M, bp, oflat, ORIGIN, N, N, i0, i1, j0, j1, ka, kz, tmp, edge)
             if kz == K:
                 _epilogue(out, bias, i0, i1, j0, j1, act)
