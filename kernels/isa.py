@@ -149,7 +149,8 @@ def describe(variant: Variant) -> str:
     t = target()
     return (f"CPU {t.cpu} ({platform.machine()}, {t.vector_bits}-bit vectors{'' if t.fma else ', no FMA'}); "
             f"kernel variant {variant.name}: {variant.mr} x {variant.nr} tile, {variant.bits}-bit vectors "
-            f"({variant.doc})")
+            f"({variant.doc}); k loop unrolled {variant.unroll}x, {variant.kblocks} KB-blocks per call, "
+            f"cache tiles <= {variant.mc} x {variant.nc}")
 
 
 class KernelSet:
