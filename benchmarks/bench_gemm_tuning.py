@@ -18,7 +18,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import time
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_gemm import time_in_turns  # noqa: E402
 
 FIELDS = ("mr", "nr", "vw", "unroll", "kblocks", "mc", "nc")
 
@@ -86,14 +90,7 @@ def main(argv=None):
             elif not np.array_equal(out.view(np.int32), first.view(np.int32)):
                 raise SystemExit(f"{label} gives other bits than {sets[0][0]}: a kernel bug")
         runs["numpy"] = lambda: np.matmul(x, w)
-        times = {label: [] for label in runs}
-        for _ in range(args.rounds):
-            for label, f in runs.items():
-                time.sleep(0.05)
-                for _ in range(args.reps):
-                    t0 = time.perf_counter()
-                    f()
-                    times[label].append(time.perf_counter() - t0)
+        times = time_in_turns(runs, args.rounds, args.reps, 0.05)
         flop = 2.0 * M * N * K
         tn, bn = np.median(times["numpy"]), min(times["numpy"])
         line = f"M {M} K {K} N {N}: numpy {flop / tn / 1e9:6.1f} GF/s"
