@@ -13,9 +13,8 @@ Two implementations, which must agree bit for bit:
   in <VW x float> registers, `llvm.fma.vVWf32`) computes up to KBLOCKS consecutive
   KB-blocks of an MR x NR tile, each from zero accumulators, and stores each (first block)
   or adds it (later blocks) into C before the next, which is exactly the contract's order.
-  Threads take whole output tiles; no
-  reduction is ever split. Bias + activation are applied to each tile right after its
-  last block, while it is in cache.
+  Threads take whole output tiles; no reduction is ever split. Bias + activation are
+  applied to each tile right after its last block, while it is in cache.
 
 The tile shape and vector width are not in the contract: they are the instruction-set
 variant's (isa.py), and `gemm_tile` / `gemm_part` are templates that isa.py compiles
@@ -304,10 +303,10 @@ def gemm_part(x, bp, bias, act, out, mc, nc, kchunk, part, parts):
     The output is cut into tiles of at most mc x nc, near-equal in whole micro-tiles (so
     that no slice is left with the narrow last ones: N = 2048 in 240-column tiles would
     leave one 128 wide), the tiles are numbered, and slice p takes the p-th of `parts`
-    equal runs of them. It walks K in chunks of kchunk (a multiple of KB) in ascending order and, within
-    a chunk, its tiles; so each output receives its KB-blocks in ascending order, from one
-    slice, and the bits do not depend on mc, nc, kchunk or parts. Chunking only keeps the
-    working set of A and B in cache."""
+    equal runs of them. It walks K in chunks of kchunk (a multiple of KB) in ascending
+    order and, within a chunk, its tiles; so each output receives its KB-blocks in
+    ascending order, from one slice, and the bits do not depend on mc, nc, kchunk or
+    parts. Chunking only keeps the working set of A and B in cache."""
     M, N = out.shape
     K = x.shape[1]
     kchunk = max(KB, kchunk - kchunk % KB)  # chunk edges must be block edges
@@ -339,8 +338,8 @@ def gemm_part(x, bp, bias, act, out, mc, nc, kchunk, part, parts):
 def tile_sizes(M, N, K, threads, mr, nr, mc_max, nc_max):
     """Cache/parallel tiling for an mr x nr micro-tile, tiles of at most mc_max x nc_max
     (the variant's; speed only, never the bits)."""
-    mc = min(mc_max - mc_max % mr, -(-M // mr) * mr)
-    nc = nc_max - nc_max % nr
+    mc = min(max(mr, mc_max - mc_max % mr), -(-M // mr) * mr)
+    nc = max(nr, nc_max - nc_max % nr)
     while nc > nr and (-(-M // mc)) * (-(-N // nc)) < 4 * threads:
         nc = max(nr, (nc // 2) - (nc // 2) % nr)
     kchunk = 1024 if M * N >= (1 << 20) else K
