@@ -23,6 +23,22 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
+
+
+def time_in_turns(runs, rounds, reps, pause):
+    """{name: [seconds per call]}: `rounds` turns, in each `reps` calls of every run in order.
+    Blocks of one engine at a time, with pauses: both OpenBLAS's and the OpenMP workers
+    spin after a call and would steal the cores from the next engine."""
+    times = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, f in runs.items():
+            time.sleep(pause)
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                f()
+                times[name].append(time.perf_counter() - t0)
+    return times
 
 
 def main(argv=None):
@@ -37,8 +53,6 @@ def main(argv=None):
     for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
         if var in os.environ and (var, os.environ[var]) != ("OPENBLAS_CORETYPE", "Haswell"):
             print(f"warning: {var}={os.environ[var]} is set; numpy's numbers will not be its best", file=sys.stderr)
-
-    import time
 
     import numba
     import numpy as np
@@ -71,16 +85,7 @@ def main(argv=None):
             reused = lambda: kernels.dense(x, bp, bias, 0, args.threads, out)
             theirs = lambda: np.matmul(x, w)
             a, b = ours(), theirs()
-            times = {"ours": [], "reused": [], "numpy": []}
-            for _ in range(2):
-                # blocks of one engine at a time, with pauses: both OpenBLAS's and the OpenMP
-                # workers spin after a call and would steal the 2 cores from the other engine
-                for name, f in (("ours", ours), ("reused", reused), ("numpy", theirs)):
-                    time.sleep(0.3)
-                    for _ in range(args.reps):
-                        t0 = time.perf_counter()
-                        f()
-                        times[name].append(time.perf_counter() - t0)
+            times = time_in_turns({"ours": ours, "reused": reused, "numpy": theirs}, 2, args.reps, 0.3)
             flop = 2.0 * M * N * K
             to, tr, tn = np.median(times["ours"]), np.median(times["reused"]), np.median(times["numpy"])
             ratios.append(tn / to)

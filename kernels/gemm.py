@@ -10,16 +10,17 @@ Two implementations, which must agree bit for bit:
 * the fast path (`gemm_part`, run through `isa.KernelSet.dense`): packed-panel GEMM.
   B (the weight) is packed once into NR-column panels, A (the activations) is read in
   place, row-major; a micro-kernel written in LLVM IR (`make_micro`: MR x NR accumulators
-  in <VW x float> registers, `llvm.fma.vVWf32`) computes one KB-block of an MR x NR tile
-  from zero accumulators and stores it (first block) or adds it (later blocks) into C,
-  which is exactly the contract's order. Threads take whole output tiles; no
-  reduction is ever split. Bias + activation are applied to each tile right after its
-  last block, while it is in cache.
+  in <VW x float> registers, `llvm.fma.vVWf32`) computes up to KBLOCKS consecutive
+  KB-blocks of an MR x NR tile, each from zero accumulators, and stores each (first block)
+  or adds it (later blocks) into C before the next, which is exactly the contract's order.
+  Threads take whole output tiles; no reduction is ever split. Bias + activation are
+  applied to each tile right after its last block, while it is in cache.
 
 The tile shape and vector width are not in the contract: they are the instruction-set
 variant's (isa.py), and `gemm_tile` / `gemm_part` are templates that isa.py compiles
-once per variant, reading the globals MR, NR (micro-tile rows and columns) and `_micro`
-(its micro-kernel) from the variant's namespace. This module defines none of the three.
+once per variant, reading the globals MR, NR (micro-tile rows and columns), KBLOCKS
+(KB-blocks per micro-kernel call) and `_micro` (its micro-kernel) from the variant's
+namespace. This module defines none of the four.
 """
 from __future__ import annotations
 
@@ -84,13 +85,19 @@ def dense_ref(x, w, bias, act, out):
 
 # --- fast: the LLVM-IR micro-kernel ------------------------------------------------------------
 
-def make_micro(mr, nr, vw):
-    """The micro-kernel of an mr x nr tile held in nr/vw vectors of vw floats per row."""
+def make_micro(mr, nr, vw, unroll):
+    """The micro-kernel of an mr x nr tile held in nr/vw vectors of vw floats per row, its
+    k loop unrolled `unroll` times (fewer loop-control instructions per FMA: 4-wide
+    front ends such as Haswell's are close to their limit otherwise). It prefetches the C
+    tile's lines for writing before its first block, so that folding a block into C, after
+    hundreds of FMA cycles, finds them in L1."""
     nv = nr // vw
 
     @intrinsic
     def micro(typingctx, a, a_off, a_ks, a_rs, b, b_off, kc, c, c_off, ldc, accumulate):
-        """C[r, :] (=|+=) chain_k fma(A[r, k], B[k, :]) for an mr x nr tile, k < kc.
+        """C[r, :] (=|+=) chain_k fma(A[r, k], B[k, :]) for an mr x nr tile, k < kc, one
+        chain per KB-block of k (k = 0 being a block edge of the dot product), each stored
+        (first block, accumulate == 0) or added into C before the next.
 
         a: flat A, element (r, k) at a_off + k*a_ks + r*a_rs (row-major A: a_ks = 1,
         a_rs = its row stride; packed panels: a_ks = mr, a_rs = 1); b: packed B (nr
@@ -103,64 +110,102 @@ def make_micro(mr, nr, vw):
             fty = ir.FloatType()
             vty = ir.VectorType(fty, vw)
             ity = ir.IntType(64)
+            i32 = ir.IntType(32)
             a_ptr = builder.gep(context.make_array(signature.args[0])(context, builder, a_v).data, [a_off_v])
             b_ptr = builder.gep(context.make_array(signature.args[4])(context, builder, b_v).data, [b_off_v])
             c_ptr = builder.gep(context.make_array(signature.args[7])(context, builder, c_v).data, [c_off_v])
             a_rows = [builder.gep(a_ptr, [builder.mul(a_rs_v, ir.Constant(ity, r))]) for r in range(mr)]
             fma_v = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty] * 3),
                                                    f"llvm.fma.v{vw}f32")
+            c_rows = [builder.gep(c_ptr, [builder.mul(ldc_v, ir.Constant(ity, r))]) for r in range(mr)]
+            i8p = ir.IntType(8).as_pointer()
+            prefetch = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), "llvm.prefetch.p0")
+            for row in c_rows:      # every 64-byte line of the row: one per 16 floats, and its last
+                for off in sorted(set(range(0, nr, 16)) | {nr - 1}):
+                    builder.call(prefetch, [builder.bitcast(builder.gep(row, [ir.Constant(ity, off)]), i8p),
+                                            ir.Constant(i32, 1), ir.Constant(i32, 3), ir.Constant(i32, 1)])
             zero = ir.Constant(vty, None)
             undef = ir.Constant(vty, ir.Undefined)
-            splat_mask = ir.Constant(ir.VectorType(ir.IntType(32), vw), None)
-            pre = builder.block
+            splat_mask = ir.Constant(ir.VectorType(i32, vw), None)
             fn = builder.function
-            head = fn.append_basic_block("mk_head")
-            body = fn.append_basic_block("mk_body")
-            done = fn.append_basic_block("mk_done")
-            builder.branch(head)
 
-            builder.position_at_end(head)
-            k = builder.phi(ity, "mk_k")
-            k.add_incoming(ir.Constant(ity, 0), pre)
-            accs = []
-            for i in range(mr * nv):
-                p = builder.phi(vty)
-                p.add_incoming(zero, pre)
-                accs.append(p)
-            builder.cbranch(builder.icmp_signed("<", k, kc_v), body, done)
+            def step(k, accs):
+                bp = builder.gep(b_ptr, [builder.mul(k, ir.Constant(ity, nr))])
+                bvec = [builder.load(builder.bitcast(builder.gep(bp, [ir.Constant(ity, vw * v)]), vty.as_pointer()),
+                                     align=4) for v in range(nv)]
+                ka = builder.mul(k, a_ks_v)
+                new = []
+                for r in range(mr):
+                    av = builder.load(builder.gep(a_rows[r], [ka]), align=4)
+                    splat = builder.shuffle_vector(builder.insert_element(undef, av, ir.Constant(i32, 0)),
+                                                   undef, splat_mask)
+                    for v in range(nv):
+                        new.append(builder.call(fma_v, [splat, bvec[v], accs[r * nv + v]]))
+                return new
 
-            builder.position_at_end(body)
-            bp = builder.gep(b_ptr, [builder.mul(k, ir.Constant(ity, nr))])
-            bvec = [builder.load(builder.bitcast(builder.gep(bp, [ir.Constant(ity, vw * v)]), vty.as_pointer()),
-                                 align=4) for v in range(nv)]
-            ka = builder.mul(k, a_ks_v)
-            new = []
-            for r in range(mr):
-                av = builder.load(builder.gep(a_rows[r], [ka]), align=4)
-                splat = builder.shuffle_vector(builder.insert_element(undef, av, ir.Constant(ir.IntType(32), 0)),
-                                               undef, splat_mask)
-                for v in range(nv):
-                    new.append(builder.call(fma_v, [splat, bvec[v], accs[r * nv + v]]))
-            k_next = builder.add(k, ir.Constant(ity, 1))
-            end = builder.block
-            builder.branch(head)
-            k.add_incoming(k_next, end)
-            for p, n in zip(accs, new):
-                p.add_incoming(n, end)
+            def loop(name, k0, accs0, width, bound):
+                """k from k0 while k + width <= bound, `width` steps per trip; returns (k, accs) after."""
+                pre = builder.block
+                head = fn.append_basic_block(f"{name}_head")
+                body = fn.append_basic_block(f"{name}_body")
+                done = fn.append_basic_block(f"{name}_done")
+                builder.branch(head)
+                builder.position_at_end(head)
+                k = builder.phi(ity)
+                k.add_incoming(k0, pre)
+                accs = []
+                for a0 in accs0:
+                    p = builder.phi(vty)
+                    p.add_incoming(a0, pre)
+                    accs.append(p)
+                last = builder.add(k, ir.Constant(ity, width - 1))
+                builder.cbranch(builder.icmp_signed("<", last, bound), body, done)
+                builder.position_at_end(body)
+                new = accs
+                for u in range(width):
+                    new = step(builder.add(k, ir.Constant(ity, u)) if u else k, new)
+                k_next = builder.add(k, ir.Constant(ity, width))
+                end = builder.block
+                builder.branch(head)
+                k.add_incoming(k_next, end)
+                for p, n in zip(accs, new):
+                    p.add_incoming(n, end)
+                builder.position_at_end(done)
+                return k, accs
 
-            builder.position_at_end(done)
             ptrs = []
-            for r in range(mr):
-                row = builder.gep(c_ptr, [builder.mul(ldc_v, ir.Constant(ity, r))])
+            for row in c_rows:
                 for v in range(nv):
                     ptrs.append(builder.bitcast(builder.gep(row, [ir.Constant(ity, vw * v)]), vty.as_pointer()))
-            with builder.if_else(builder.icmp_signed("!=", acc_v, ir.Constant(ity, 0))) as (then, otherwise):
+            # one trip per KB-block of k < kc (at least one: kc = 0 stores zeros): its chain from
+            # zero accumulators, then stored into C (first block, accumulate == 0) or added to it
+            pre = builder.block
+            blk = fn.append_basic_block("mk_block")
+            exit_ = fn.append_basic_block("mk_exit")
+            builder.branch(blk)
+            builder.position_at_end(blk)
+            kb = builder.phi(ity)
+            kb.add_incoming(ir.Constant(ity, 0), pre)
+            add = builder.phi(ity)
+            add.add_incoming(acc_v, pre)
+            kb_next = builder.add(kb, ir.Constant(ity, KB))
+            bound = builder.select(builder.icmp_signed("<", kb_next, kc_v), kb_next, kc_v)
+            k, accs = kb, [zero] * (mr * nv)
+            if unroll > 1:
+                k, accs = loop("mk_unrolled", k, accs, unroll, bound)
+            k, accs = loop("mk", k, accs, 1, bound)
+            with builder.if_else(builder.icmp_signed("!=", add, ir.Constant(ity, 0))) as (then, otherwise):
                 with then:
                     for p, acc in zip(ptrs, accs):
                         builder.store(builder.fadd(builder.load(p, align=4), acc), p, align=4)
                 with otherwise:
                     for p, acc in zip(ptrs, accs):
                         builder.store(acc, p, align=4)
+            add.add_incoming(ir.Constant(ity, 1), builder.block)
+            kb.add_incoming(kb_next, builder.block)
+            builder.cbranch(builder.icmp_signed("<", kb_next, kc_v), blk, exit_)
+            builder.position_at_end(exit_)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -226,8 +271,8 @@ def gemm_tile(a, a0, lda, M, bp, c, c0, ldc, N, i0, i1, j0, j1, ka, kz, tmp, edg
         for r in range(MR):
             for k in range(ka, kz):
                 edge[r, k] = a[a0 + (tail + r) * lda + k] if tail + r < M else 0.0
-    for k0 in range(ka, kz, KB):
-        kc = min(KB, K - k0)
+    for k0 in range(ka, kz, KB * KBLOCKS):
+        kc = min(KB * KBLOCKS, kz - k0)
         acc = 1 if k0 > 0 else 0
         for j in range(j0, j1, NR):
             b_off = ((j // NR) * K + k0) * NR
@@ -235,26 +280,33 @@ def gemm_tile(a, a0, lda, M, bp, c, c0, ldc, N, i0, i1, j0, j1, ka, kz, tmp, edg
                 if i + MR <= M and j + NR <= N:
                     _micro(a, a0 + i * lda + k0, 1, lda, bf, b_off, kc, c, c0 + i * ldc + j, ldc, acc)
                 else:
+                    # the tile through tmp, which holds C's part of it (when adding to C)
+                    rows = min(MR, M - i)
+                    cols = min(NR, N - j)
+                    if acc:
+                        for r in range(rows):
+                            for col in range(cols):
+                                tmp[r * NR + col] = c[c0 + (i + r) * ldc + j + col]
                     if i + MR <= M:
-                        _micro(a, a0 + i * lda + k0, 1, lda, bf, b_off, kc, tmp, 0, NR, 0)
+                        _micro(a, a0 + i * lda + k0, 1, lda, bf, b_off, kc, tmp, 0, NR, acc)
                     else:
-                        _micro(ef, k0, 1, K, bf, b_off, kc, tmp, 0, NR, 0)
-                    for r in range(min(MR, M - i)):
-                        row = c0 + (i + r) * ldc + j
-                        for col in range(min(NR, N - j)):
-                            t = tmp[r * NR + col]
-                            c[row + col] = c[row + col] + t if acc else t
+                        _micro(ef, k0, 1, K, bf, b_off, kc, tmp, 0, NR, acc)
+                    for r in range(rows):
+                        for col in range(cols):
+                            c[c0 + (i + r) * ldc + j + col] = tmp[r * NR + col]
 
 
 def gemm_part(x, bp, bias, act, out, mc, nc, kchunk, part, parts):
     """Slice `part` of `parts` of out [M, N] = act(x @ B + bias), x [M, K] C order, B packed
     (albert_ref.parts runs the slices at once).
 
-    The mc x nc output tiles are numbered, and slice p takes the p-th of `parts` equal runs
-    of them. It walks K in chunks of kchunk (a multiple of KB) in ascending order and, within
-    a chunk, its tiles; so each output receives its KB-blocks in ascending order, from one
-    slice, and the bits do not depend on mc, nc, kchunk or parts. Chunking only keeps the
-    working set of A and B in cache."""
+    The output is cut into tiles of at most mc x nc, near-equal in whole micro-tiles (so
+    that no slice is left with the narrow last ones: N = 2048 in 240-column tiles would
+    leave one 128 wide), the tiles are numbered, and slice p takes the p-th of `parts`
+    equal runs of them. It walks K in chunks of kchunk (a multiple of KB) in ascending
+    order and, within a chunk, its tiles; so each output receives its KB-blocks in
+    ascending order, from one slice, and the bits do not depend on mc, nc, kchunk or
+    parts. Chunking only keeps the working set of A and B in cache."""
     M, N = out.shape
     K = x.shape[1]
     kchunk = max(KB, kchunk - kchunk % KB)  # chunk edges must be block edges
@@ -262,8 +314,11 @@ def gemm_part(x, bp, bias, act, out, mc, nc, kchunk, part, parts):
     nc = max(NR, nc - nc % NR)
     xf = x.reshape(M * K)
     oflat = out.reshape(M * N)
-    mt = (M + mc - 1) // mc
-    tiles = mt * ((N + nc - 1) // nc)
+    mp = (M + MR - 1) // MR                 # micro-tile rows and columns
+    np_ = (N + NR - 1) // NR
+    mt = (mp + mc // MR - 1) // (mc // MR)  # tile rows and columns
+    nt = (np_ + nc // NR - 1) // (nc // NR)
+    tiles = mt * nt
     t0 = tiles * part // parts
     t1 = tiles * (part + 1) // parts
     tmp = np.empty(MR * NR, dtype=np.float32)
@@ -271,19 +326,20 @@ def gemm_part(x, bp, bias, act, out, mc, nc, kchunk, part, parts):
     for ka in range(0, K, kchunk):
         kz = min(K, ka + kchunk)
         for t in range(t0, t1):
-            i0 = (t % mt) * mc
-            i1 = min(M, i0 + mc)
-            j0 = (t // mt) * nc
-            j1 = min(N, j0 + nc)
+            i0 = (t % mt) * mp // mt * MR
+            i1 = min(M, (t % mt + 1) * mp // mt * MR)
+            j0 = (t // mt) * np_ // nt * NR
+            j1 = min(N, (t // mt + 1) * np_ // nt * NR)
             gemm_tile(xf, ORIGIN, K, M, bp, oflat, ORIGIN, N, N, i0, i1, j0, j1, ka, kz, tmp, edge)
             if kz == K:
                 _epilogue(out, bias, i0, i1, j0, j1, act)
 
 
-def tile_sizes(M, N, K, threads, mr, nr):
-    """Cache/parallel tiling for an mr x nr micro-tile (affects speed only, never the bits)."""
-    mc = min(128 - 128 % mr, -(-M // mr) * mr)
-    nc = 256 - 256 % nr
+def tile_sizes(M, N, K, threads, mr, nr, mc_max, nc_max):
+    """Cache/parallel tiling for an mr x nr micro-tile, tiles of at most mc_max x nc_max
+    (the variant's; speed only, never the bits)."""
+    mc = min(max(mr, mc_max - mc_max % mr), -(-M // mr) * mr)
+    nc = max(nr, nc_max - nc_max % nr)
     while nc > nr and (-(-M // mc)) * (-(-N // nc)) < 4 * threads:
         nc = max(nr, (nc // 2) - (nc // 2) % nr)
     kchunk = 1024 if M * N >= (1 << 20) else K

@@ -45,6 +45,10 @@ class Variant:
     nr: int             # micro-tile columns (and packed weight panel width)
     vw: int             # floats per vector
     doc: str
+    unroll: int         # k steps per trip of the micro-kernel's loop
+    kblocks: int        # KB-blocks of k per micro-kernel call: its B micro-panel is kblocks*KB x nr
+    mc: int             # rows of a cache tile (its A block: mc x min(K, kchunk))
+    nc: int             # columns of a cache tile (a multiple of nr below it)
 
     @property
     def bits(self) -> int:
@@ -57,10 +61,24 @@ class Variant:
 # 4 x 16 reach 0.65-0.75x of them and avx512's 4 x 64 0.4x; at M = 128 (one sequence)
 # 4 x 24 is 1.15x 6 x 16, whose last 2 rows run a whole 6-row tile; in 128-bit vectors
 # with 16 registers, 4 x 12 is ahead of 6 x 8, and 8 x 12 and 4 x 16 spill.
+#
+# Blocking ("AVX2 tuning" in RESULTS.md): a micro-kernel call that covers several KB-blocks
+# keeps its C tile in L1 between blocks and pays the call's set-up once per kblocks*KB
+# steps; its B micro-panel (kblocks*KB x nr) then streams from L2, at nr*4 bytes per
+# 6 FMA cycles (16 bytes a cycle for avx2, well within every AVX2 core's L2 bandwidth).
+# Sizes are chosen for the smallest caches each variant meets, not for the Zen 4 they
+# were measured on: avx2's B micro-panel of 1024 x 24 floats (96 KiB) and A block of
+# 64 x 1024 (256 KiB) fit together in Zen 2/3's 512 KiB L2, and the micro-panel alone in
+# Intel client parts' 256 KiB-1.25 MiB; avx512 (Zen 4/5, Xeon: 1-2 MiB L2) keeps 4 blocks
+# (128 KiB panel) and 128-row tiles; sse (NEON cores have 1 MiB+ L2; SSE-only x86 is old and
+# slow either way) follows avx2. Unrolling by 4 keeps 4-wide front ends fed.
 VARIANTS = {v.name: v for v in (
-    Variant("avx512", 4, 64, 16, "AVX-512: 16 of 32 zmm registers accumulate, 4 hold B"),
-    Variant("avx2", 4, 24, 8, "256-bit FMA (AVX2): 12 of 16 ymm registers accumulate, 3 hold B"),
-    Variant("sse", 4, 12, 4, "128-bit vectors (x86 without 256-bit FMA, Arm NEON): 12 accumulators, 3 of B"),
+    Variant("avx512", 4, 64, 16, "AVX-512: 16 of 32 zmm registers accumulate, 4 hold B",
+            unroll=4, kblocks=4, mc=128, nc=256),
+    Variant("avx2", 4, 24, 8, "256-bit FMA (AVX2): 12 of 16 ymm registers accumulate, 3 hold B",
+            unroll=4, kblocks=8, mc=64, nc=240),
+    Variant("sse", 4, 12, 4, "128-bit vectors (x86 without 256-bit FMA, Arm NEON): 12 accumulators, 3 of B",
+            unroll=4, kblocks=8, mc=64, nc=240),
 )}
 
 
@@ -130,7 +148,8 @@ def describe(variant: Variant) -> str:
     t = target()
     return (f"CPU {t.cpu} ({platform.machine()}, {t.vector_bits}-bit vectors{'' if t.fma else ', no FMA'}); "
             f"kernel variant {variant.name}: {variant.mr} x {variant.nr} tile, {variant.bits}-bit vectors "
-            f"({variant.doc})")
+            f"({variant.doc}); k loop unrolled {variant.unroll}x, {variant.kblocks} KB-blocks per call, "
+            f"cache tiles <= {variant.mc} x {variant.nc}")
 
 
 class KernelSet:
@@ -139,7 +158,7 @@ class KernelSet:
 
     def __init__(self, variant: Variant):
         self.variant = v = variant
-        ns = dict(vars(_gemm), MR=v.mr, NR=v.nr, _micro=_gemm.make_micro(v.mr, v.nr, v.vw))
+        ns = dict(vars(_gemm), MR=v.mr, NR=v.nr, KBLOCKS=v.kblocks, _micro=_gemm.make_micro(v.mr, v.nr, v.vw, v.unroll))
         ns["gemm_tile"] = _specialise(_gemm.gemm_tile, ns, v)
         self.gemm_part = _specialise(_gemm.gemm_part, ns, v)
         ans = dict(vars(_attention), MR=v.mr, NR=v.nr, gemm_tile=ns["gemm_tile"])
@@ -156,7 +175,8 @@ class KernelSet:
     def dense(self, x2, bp, bias, act, threads, out):
         """out [M, N] = act(x2 @ W + bias): x2 [M, K] float32 (C order), bp = self.pack(W)."""
         M, K = x2.shape
-        mc, nc, kchunk = _gemm.tile_sizes(M, out.shape[1], K, threads, self.variant.mr, self.variant.nr)
+        v = self.variant
+        mc, nc, kchunk = _gemm.tile_sizes(M, out.shape[1], K, threads, v.mr, v.nr, v.mc, v.nc)
         self.gemm_packed(x2, bp, bias, act, out, mc, nc, kchunk, threads)
         return out
 
