@@ -81,7 +81,7 @@ def main(argv=None):
         for label, ks, kchunk in sets:
             v = ks.variant
             mc, nc, kc = gemm.tile_sizes(M, N, K, args.threads, v.mr, v.nr, v.mc, v.nc)
-            bp, out = ks.pack(w, args.threads), np.empty((M, N), np.float32)
+            bp, out = ks.pack(w), np.empty((M, N), np.float32)
             runs[label] = (lambda ks=ks, bp=bp, out=out, mc=mc, nc=nc, kc=kchunk or kc:
                            ks.gemm_packed(x, bp, bias, 0, out, mc, nc, kc, args.threads))
             runs[label]()
