@@ -1,30 +1,32 @@
-"""A cold start's second core: while the CLI compiles the cpu backend's kernels in the
-order its forward calls them (weight packing, embeddings, LayerNorm, the dense GEMM), a
-helper process compiles the one it calls last, attention (with its real-key index, its
-softmax and the GEMM tile it shares), into Numba's on-disk cache, and the CLI loads it
-from there instead of compiling it (2 Zen 4 cores: 5.0-5.4 s -> 3.7-3.9 s; benchmarks/RESULTS.md,
-"Cold start in two processes").
+"""A cold start on every core: when the CLI first compiles, helper processes compile the cpu
+backend's kernels into Numba's on-disk cache, one share each (SHARES: LayerNorm and the
+dense GEMM; attention, with its real-key index, its softmax and its own GEMM tile), while
+the CLI reads its model; the CLI then loads them from the cache. 2 Zen 4 cores: 5.7 s ->
+about 4 s to the first demo vector (benchmarks/RESULTS.md, "Cold start in two processes").
+The CLI itself compiles only what it had begun before they started (the embedding gather),
+so it keeps none of the memory LLVM holds for each function a process compiled (40-50 MB
+for all the kernels: the peak RSS of a cold pass is then the warm one's).
 
-Why the bits cannot change. The helper calls the same KernelOps method as the forward, in
-the same environment (NUMBA_CACHE_DIR, NUMBA_CPU_NAME / FEATURES, the same kernel variant,
-the CLI's sys.path), so its signatures and cache keys are the ones the CLI looks up, and a
-cache entry is the same compiled code whichever process wrote it. Numba looks each new
-signature up in its cache before compiling it, and writes every file under a temporary
-name that it then renames, so no half-written file is read (numba/core/caching.py,
-`_open_for_write`). It writes a function's index before the data file the index names: a
-lookup in between finds no file and compiles (here: waits, then looks again). That file
-could only be an older one if a stale cache survived, and albert_ref.kernels deletes one
-(other kernel sources or another Numba) on import, before either process compiles
-(kernels/__init__.py).
+Why the bits cannot change. A helper calls the same KernelOps methods as the forward
+(KernelOps.warm_up), in the same environment (NUMBA_CACHE_DIR, NUMBA_CPU_NAME / FEATURES,
+the same kernel variant, the CLI's sys.path), so its signatures and cache keys are the ones
+the CLI looks up, and a cache entry is the same compiled code whichever process wrote it.
+Numba looks each new signature up in its cache before compiling it, and writes every file
+under a temporary name that it then renames, so no half-written file is read
+(numba/core/caching.py, `_open_for_write`). It writes a function's index before the data
+file the index names: a lookup in between finds no file and compiles (here: waits, then
+looks again). That file could only be an older one if a stale cache survived, and
+albert_ref.kernels deletes one (other kernel sources or another Numba) on import, before
+any process compiles (kernels/__init__.py).
 
-When the CLI reaches attention before the helper has saved it, it waits for the helper to
-exit (at most WAIT_S) and looks again, rather than compile it a second time
-(`_WaitForHelper`, the cache lookup of that one function).
+When the CLI reaches a kernel that its helper has not saved yet, it waits for that helper
+to exit (at most WAIT_S) and looks again, rather than compile it a second time
+(`_WaitForHelper`, the cache lookup of the share's functions).
 
-The helper is an optimisation only. If it cannot start, fails, or writes nothing, the CLI
-compiles everything itself. It writes nothing to stdout or stderr, exits when the CLI's
-pipe to it closes (so even a killed CLI leaves no orphan), and the CLI terminates and reaps
-it when its command ends. Only the CLI starts one (compile_notice.notice_compilation);
+The helpers are an optimisation only. If one cannot start, fails, or writes nothing, the
+CLI compiles its share itself. They write nothing to stdout or stderr, exit when the CLI's
+pipe to them closes (so even a killed CLI leaves no orphan), and the CLI terminates and
+reaps them when its command ends. Only the CLI starts them (compile_notice.notice_compilation);
 `albert_ref.load` never spawns a process.
 """
 from __future__ import annotations
@@ -34,72 +36,87 @@ import subprocess
 import sys
 import threading
 
-# The helper starts with the CLI's first compilation and needs about as long as the CLI takes
-# to reach attention, so a wait is normally a fraction of a second; one this long means the
-# helper is stuck, and the CLI compiles attention itself.
-WAIT_S = 10.0
+# The helpers' shares of KernelOps.warm_up's ops, balanced by compile time (2.9 and 2.3 s of
+# CPU on a Zen 4), and the dispatchers each share's cache lookups wait on.
+SHARES = (("layer_norm", "dense"), ("attention",))
+# A share compiles in a few seconds; a wait this long means its helper is stuck (or the
+# machine badly overloaded), and the CLI compiles the share itself.
+WAIT_S = 30.0
+
+
+def _dispatcher(kernels, op):
+    """The Numba dispatcher that KernelOps calls for `op` with a KernelSet's variant."""
+    from albert_ref.kernels import layernorm
+    return {"layer_norm": layernorm.layer_norm_part, "dense": kernels.gemm_part,
+            "attention": kernels.attention_part}[op]
 
 
 class CompileHelper:
-    """At most one helper process for one CLI command: `start` on the first compilation,
-    `stop` when the command ends."""
+    """The helper processes of one CLI command: `start` on the first compilation, `stop`
+    when the command ends."""
 
     def __init__(self):
         self._lock = threading.Lock()
-        self._proc: subprocess.Popen | None = None
-        self._waiting = None      # the dispatcher whose cache lookups wait for the helper
+        self._procs: list[subprocess.Popen] = []
+        self._waiting = []        # the dispatchers whose cache lookups wait for a helper
         self._stopped = False
 
-    def command(self, variant: str) -> list[str]:
+    def command(self, variant: str, ops) -> list[str]:
         """This interpreter, on this process's sys.path (not `-m`, which would put the current
         directory first: an albert_ref source tree there is not necessarily the one running)."""
-        boot = "import sys; sys.path[:] = sys.argv[2:]; from albert_ref.compile_helper import main; main(sys.argv[1])"
-        return [sys.executable, "-c", boot, variant, *sys.path]
+        boot = ("import sys; sys.path[:] = sys.argv[3:]; from albert_ref.compile_helper import main; "
+                "main(sys.argv[1], sys.argv[2].split(','))")
+        return [sys.executable, "-c", boot, variant, ",".join(ops), *sys.path]
 
     def start(self) -> None:
-        """Starts the helper for the cpu backend's kernel variant, once; never raises."""
+        """Starts the helpers for the cpu backend's kernel variant, once; never raises."""
         from albert_ref.errors import IsaError
         from albert_ref.kernels import isa
 
         with self._lock:
-            if self._proc is not None or self._stopped:
+            if self._procs or self._stopped:
                 return
             self._stopped = True          # one attempt only, whatever happens below
             if spare_cpus() < 1:
-                return                    # on one CPU a second compiler only competes with this one
+                return                    # on one CPU, other compilers only compete with this one
             try:
                 kernels = isa.kernel_set(isa.select().name)
-                self._proc = subprocess.Popen(self.command(kernels.variant.name), stdin=subprocess.PIPE,
-                                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            except (IsaError, OSError, ValueError, subprocess.SubprocessError):
-                return                    # no helper: the CLI compiles everything, as it would anyway
-            # reaped as soon as it exits, not when the command ends: `serve` runs for hours
-            threading.Thread(target=self._proc.wait, name="albert-ref-helper-reaper", daemon=True).start()
-            if hasattr(kernels.attention_part, "_cache"):   # Numba's per-dispatcher cache (a private name)
-                self._waiting = kernels.attention_part
-                self._waiting._cache = _WaitForHelper(self._waiting._cache, self._proc)
+            except IsaError:
+                return                    # the backend will report it
+            for ops in SHARES:
+                try:
+                    proc = subprocess.Popen(self.command(kernels.variant.name, ops), stdin=subprocess.PIPE,
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                except (OSError, ValueError, subprocess.SubprocessError):
+                    continue              # no helper for this share: the CLI compiles it, as it would anyway
+                self._procs.append(proc)
+                # reaped as soon as it exits, not when the command ends: `serve` runs for hours
+                threading.Thread(target=proc.wait, name="albert-ref-helper-reaper", daemon=True).start()
+                for dispatcher in (_dispatcher(kernels, op) for op in ops):
+                    if hasattr(dispatcher, "_cache"):   # Numba's per-dispatcher cache (a private name)
+                        dispatcher._cache = _WaitForHelper(dispatcher._cache, proc)
+                        self._waiting.append(dispatcher)
 
     def stop(self) -> None:
-        """Terminates the helper if it still runs, and reaps it."""
+        """Terminates the helpers still running, and reaps them."""
         with self._lock:
             self._stopped = True
-            proc, self._proc = self._proc, None
-            if self._waiting is not None:
-                self._waiting._cache = self._waiting._cache.cache
-                self._waiting = None
-        if proc is None:
-            return
-        try:
-            proc.stdin.close()
-        except OSError:
-            pass
-        if proc.poll() is None:
-            proc.terminate()
+            procs, self._procs = self._procs, []
+            for dispatcher in self._waiting:
+                dispatcher._cache = dispatcher._cache.cache
+            self._waiting = []
+        for proc in procs:
             try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        proc.wait()
+                proc.stdin.close()
+            except OSError:
+                pass
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            proc.wait()
 
 
 def spare_cpus() -> int:
@@ -142,20 +159,11 @@ def _exit_with_parent() -> None:
         os._exit(0)
 
 
-def compile_last_kernels(variant: str) -> None:
-    """Compiles (or loads from the cache) attention for kernel variant `variant`, through
-    KernelOps.attention on tiny arrays (the types make the signatures, not the sizes)."""
-    import numpy as np
-
+def main(variant: str, ops) -> None:
+    """A helper process (started by CompileHelper.start): compiles (or loads) the kernels of
+    `ops` for kernel variant `variant`, then exits."""
     from albert_ref.kernel_backend import KernelOps
 
-    ops = KernelOps(fast=True, threads=1, isa=variant)
-    q = np.zeros((1, 2, 2), dtype=np.float32)
-    ops.attention(q, q, q, np.ones((1, 2), dtype=np.int64), 1)
-
-
-def main(variant: str) -> None:
-    """The helper process (started by CompileHelper.start)."""
     threading.Thread(target=_exit_with_parent, daemon=True).start()
-    compile_last_kernels(variant)
+    KernelOps(fast=True, threads=1, isa=variant).warm_up(ops)
     os._exit(0)  # the cache files are closed: the CLI may be waiting, skip the teardown (~0.2 s)

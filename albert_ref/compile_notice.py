@@ -3,7 +3,7 @@ install, an upgrade or a change of CPU): seconds of silence otherwise look like 
 
 Numba announces each compilation with a "numba:compile" event, and none when it loads a
 function from its on-disk cache, so the line appears exactly when a run compiles, and so
-does the helper process that compiles attention meanwhile (albert_ref/compile_helper.py).
+do the helper processes that compile the kernels meanwhile (albert_ref/compile_helper.py).
 Only the CLI listens (`notice_compilation`, a context manager): a library import changes
 nothing process-wide, prints nothing and starts no process.
 """
@@ -34,7 +34,7 @@ class CompileNotice(event.Listener):
 
     def __init__(self, stream=None, helper=None):
         self.stream = stream
-        self.helper = helper      # a CompileHelper to start with the first compilation, or None
+        self.helper = helper      # CompileHelper (its processes) to start with the first compilation, or None
         self._lock = threading.Lock()
         self.said = False
 
@@ -58,8 +58,8 @@ class CompileNotice(event.Listener):
 @contextlib.contextmanager
 def notice_compilation(stream=None, helper=False):
     """Within the block, the first compilation of albert_ref code prints one line, and with
-    helper=True (the cpu backend) starts a process that compiles the attention kernels at
-    the same time (albert_ref.compile_helper), which is ended when the block ends."""
+    helper=True (the cpu backend) starts the processes that compile the kernels meanwhile
+    (albert_ref.compile_helper), which are ended when the block ends."""
     from albert_ref.compile_helper import CompileHelper
     process = CompileHelper() if helper else None
     try:

@@ -41,6 +41,8 @@ class PackedKernel:
 
 
 _HEAP_LIMITED = False
+# The ops whose kernels KernelOps.warm_up loads, in a forward pass's order.
+WARM_UP_OPS = ("embed", "layer_norm", "dense", "attention")
 
 
 def limit_heap_retention():
@@ -169,19 +171,23 @@ class KernelOps:
             return PackedKernel(array, self._kernels) if self.fast else array
         return array
 
-    def warm_up(self):
-        """Loads every kernel a forward pass calls from Numba's cache (compiling it on a cold
-        one), by calling each op, in the order a pass does, on arrays of one or two
-        elements: argument types, not sizes, make the signatures. albert_ref.load runs it on
-        a second thread while the weights are read, which hides Numba's set-up and loading."""
+    def warm_up(self, ops=WARM_UP_OPS):
+        """Loads the kernels of `ops` (default: every kernel a forward pass calls) from
+        Numba's cache, compiling them on a cold one, by calling each op, in a pass's order,
+        on arrays of one or two elements: argument types, not sizes, make the signatures.
+        albert_ref.load runs it on a second thread while the weights are read, which hides
+        Numba's set-up and loading; the CLI's compile helpers run it for their share."""
         one = np.ones((1, 2, 2), dtype=np.float32)
         vec = np.ones(2, dtype=np.float32)
         ids = np.zeros((1, 2), dtype=np.int32)
+        calls = {"embed": lambda: self.embed(ids, ids, one[0], one[0], one[0]),
+                 "layer_norm": lambda: self.layer_norm(one, one, vec, vec, 1e-12),
+                 "dense": lambda: self.dense(one, self.prepare("warm_up/kernel", one[0]), vec, "gelu_tanh"),
+                 "attention": lambda: self.attention(one, one, one, ids + 1, 1)}
         with self.workspace():
-            x = self.embed(ids, ids, one[0], one[0], one[0])
-            x = self.layer_norm(x, x, vec, vec, 1e-12)
-            x = self.dense(x, self.prepare("warm_up/kernel", one[0]), vec, "gelu_tanh")
-            self.attention(x, x, x, ids + 1, 1)
+            for op in WARM_UP_OPS:
+                if op in ops:
+                    calls[op]()
 
     # -- ops ----------------------------------------------------------------------------------
     def embed(self, input_ids, segment_ids, word, token_type, position):

@@ -1,7 +1,7 @@
-"""The CLI's compile helper (albert_ref/compile_helper.py): on a cold Numba cache a second
-process compiles attention while the CLI compiles the rest, the CLI loads it from the cache,
-the vectors are the same bits as without the helper (or with a helper that fails), and
-no helper outlives its command, whether it ends normally, fails, or is interrupted.
+"""The CLI's compile helpers (albert_ref/compile_helper.py): on a cold Numba cache helper
+processes compile the kernels (LayerNorm and the dense GEMM; attention), the CLI loads them
+from the cache, the vectors are the same bits as without helpers (or with helpers that
+fail), and no helper outlives its command, whether it ends normally, fails, or is interrupted.
 
 Each case is one CLI run in a fresh interpreter with its own empty NUMBA_CACHE_DIR (a cold
 run compiles for ~5 s of CPU: two of them here, reused for several assertions)."""
@@ -27,7 +27,7 @@ import json, os, sys
 from numba.core import event
 from albert_ref import cli, compile_helper
 if sys.argv[1] != "real":
-    compile_helper.CompileHelper.command = lambda self, variant: [sys.executable, "-c", sys.argv[1]]
+    compile_helper.CompileHelper.command = lambda self, variant, ops: [sys.executable, "-c", sys.argv[1]]
 compiled = []
 class Names(event.Listener):
     def on_start(self, ev):
@@ -68,14 +68,16 @@ def _embed(tmp_path, helper):
 
 
 @pytest.mark.skipif(compile_helper.spare_cpus() < 1, reason="on one CPU the CLI starts no helper")
-def test_the_helper_compiles_attention_and_the_bits_do_not_change(tmp_path):
+def test_the_helpers_compile_the_kernels_and_the_bits_do_not_change(tmp_path):
     with_helper, compiled = _embed(tmp_path / "with", "real")
-    assert any(name.startswith("gemm_part.") for name in compiled), compiled   # the cache was cold
-    # what the helper compiled, the CLI loaded from the cache (its stdout is JSON and nothing else)
-    assert not [n for n in compiled if n.startswith(("attention_part.", "softmax_rows", "real_key_index"))], compiled
-    # a helper that fails (and writes junk) changes nothing: the CLI compiles attention itself
+    assert compiled, "the cache was not cold"
+    # what the helpers compiled, the CLI loaded from the cache (its stdout is JSON and nothing else)
+    shares = ("layer_norm_part", "gemm_part.", "gemm_tile.", "_epilogue", "attention_part.", "softmax_rows",
+              "real_key_index")
+    assert not [n for n in compiled if n.startswith(shares)], compiled
+    # helpers that fail (and write junk) change nothing: the CLI compiles their shares itself
     alone, compiled = _embed(tmp_path / "failing", _FAILING)
-    assert any(name.startswith("attention_part.") for name in compiled), compiled
+    assert {"layer_norm_part", "attention_part", "gemm_part"} <= {n.split(".")[0] for n in compiled}, compiled
     assert_equal_bits(with_helper, alone)
 
 
