@@ -37,10 +37,10 @@ import sys
 import threading
 
 # The helpers' shares of KernelOps.warm_up's ops, balanced by compile time (2.9 and 2.3 s of
-# CPU on a Zen 4), and the dispatchers each share's cache lookups wait on.
+# CPU on a Zen 4).
 SHARES = (("layer_norm", "dense"), ("attention",))
 # A share compiles in a few seconds; a wait this long means its helper is stuck (or the
-# machine badly overloaded), and the CLI compiles the share itself.
+# machine badly overloaded): it is killed, and the CLI compiles the share itself.
 WAIT_S = 30.0
 
 
@@ -59,7 +59,7 @@ class CompileHelper:
         self._lock = threading.Lock()
         self._procs: list[subprocess.Popen] = []
         self._waiting = []        # the dispatchers whose cache lookups wait for a helper
-        self._stopped = False
+        self._tried = False       # start and stop each end all later starts
 
     def command(self, variant: str, ops) -> list[str]:
         """This interpreter, on this process's sys.path (not `-m`, which would put the current
@@ -74,9 +74,9 @@ class CompileHelper:
         from albert_ref.kernels import isa
 
         with self._lock:
-            if self._procs or self._stopped:
+            if self._tried:
                 return
-            self._stopped = True          # one attempt only, whatever happens below
+            self._tried = True            # one attempt only, whatever happens below
             if spare_cpus() < 1:
                 return                    # on one CPU, other compilers only compete with this one
             try:
@@ -100,7 +100,7 @@ class CompileHelper:
     def stop(self) -> None:
         """Terminates the helpers still running, and reaps them."""
         with self._lock:
-            self._stopped = True
+            self._tried = True
             procs, self._procs = self._procs, []
             for dispatcher in self._waiting:
                 dispatcher._cache = dispatcher._cache.cache
@@ -139,8 +139,9 @@ class _WaitForHelper:
         if found is None and self._proc.poll() is None:     # not there yet, and the helper is on it
             try:
                 self._proc.wait(timeout=WAIT_S)
-            except subprocess.TimeoutExpired:
-                pass
+            except subprocess.TimeoutExpired:   # stuck: killed, so that its other kernels wait no more
+                self._proc.kill()
+                self._proc.wait()
             found = self.cache.load_overload(sig, target_context)
         return found
 

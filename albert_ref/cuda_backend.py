@@ -173,8 +173,6 @@ class CudaOps:
 
     # -- parameters ---------------------------------------------------------------------------
     def prepare(self, name, array):
-        if _on_device(array):
-            return self._dev(array)
         array = np.ascontiguousarray(array, dtype=np.float32)
         if is_dense_kernel(name) and array.ndim != 2:
             raise ValueError(f"{name}: a dense kernel must be 2-D, got shape {array.shape}")

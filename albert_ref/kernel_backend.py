@@ -41,8 +41,6 @@ class PackedKernel:
 
 
 _HEAP_LIMITED = False
-# The ops whose kernels KernelOps.warm_up loads, in a forward pass's order.
-WARM_UP_OPS = ("embed", "layer_norm", "dense", "attention")
 
 
 def limit_heap_retention():
@@ -160,10 +158,6 @@ class KernelOps:
 
     # -- parameters ---------------------------------------------------------------------
     def prepare(self, name, array):
-        if isinstance(array, PackedKernel):
-            if array.variant != self.isa:
-                raise ValueError(f"{name}: packed for isa {array.variant.name!r}, backend runs {self.isa.name!r}")
-            return array
         array = _f32(array)
         if is_dense_kernel(name):
             if array.ndim != 2:
@@ -171,8 +165,8 @@ class KernelOps:
             return PackedKernel(array, self._kernels) if self.fast else array
         return array
 
-    def warm_up(self, ops=WARM_UP_OPS):
-        """Loads the kernels of `ops` (default: every kernel a forward pass calls) from
+    def warm_up(self, ops=None):
+        """Loads the kernels of the ops named in `ops` (default: all a forward pass calls) from
         Numba's cache, compiling them on a cold one, by calling each op, in a pass's order,
         on arrays of one or two elements: argument types, not sizes, make the signatures.
         albert_ref.load runs it on a second thread while the weights are read, which hides
@@ -185,9 +179,9 @@ class KernelOps:
                  "dense": lambda: self.dense(one, self.prepare("warm_up/kernel", one[0]), vec, "gelu_tanh"),
                  "attention": lambda: self.attention(one, one, one, ids + 1, 1)}
         with self.workspace():
-            for op in WARM_UP_OPS:
-                if op in ops:
-                    calls[op]()
+            for op, call in calls.items():   # a forward pass's order
+                if ops is None or op in ops:
+                    call()
 
     # -- ops ----------------------------------------------------------------------------------
     def embed(self, input_ids, segment_ids, word, token_type, position):

@@ -89,8 +89,8 @@ class Model:
         # tensors, so holding the originals too would double the memory. `path` names the
         # file the model was read from (None when built from a ModelFile in memory), so
         # that the tensors can be read again (albert_ref.testing.Oracle does). `ops`: a
-        # backend already made (by `load`, which prepared some tensors with it) instead of
-        # backend, dtype, threads and isa.
+        # backend already made by `load`, instead of backend, dtype, threads and isa; load
+        # has prepared the file's dense kernels with it (the rest are prepared here).
         self.path = None if path is None else Path(path)
         self.config = model_file.config
         self.digest = model_file.digest
@@ -102,7 +102,8 @@ class Model:
         self.ops = make_ops(backend, dtype, threads, isa) if ops is None else ops
         self.backend = self.ops.name
         self.dtype = np.dtype(self.ops.dtype)
-        self.params = prepare_params(self.ops, model_file.tensors)
+        packed = {name for name in model_file.tensors if is_dense_kernel(name)} if ops is not None else ()
+        self.params = prepare_params(self.ops, model_file.tensors, packed)
         self._tokenizer = None
 
     @property

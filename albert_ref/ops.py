@@ -33,9 +33,7 @@ class Ops(Protocol):
         """A scope (one forward pass) within which results may reuse dead results' memory."""
 
     def prepare(self, name: str, array: np.ndarray) -> Any:
-        """A stored tensor, by its TF name, in the form the other ops take (e.g. packed
-        panels); a tensor already in that form is returned as it is (albert_ref.load packs
-        dense kernels while reading the file, then prepares the whole set)."""
+        """A stored tensor, by its TF name, in the form the other ops take (e.g. packed panels)."""
 
     # Optional: warm_up(), loading the backend's compiled kernels before the first pass
     # (albert_ref.load calls it, if present, while it reads the weights).
@@ -77,9 +75,11 @@ def make_ops(backend: str, dtype: str | None, threads: int | None, isa: str | No
     return KernelOps(fast=backend == "cpu", threads=threads, isa=isa)
 
 
-def prepare_params(ops: Ops, tensors: dict) -> dict:
-    """A model's tensors (plus the heads' derived decoders) as `ops` takes them."""
-    return {name: ops.prepare(name, array) for name, array in forward.with_head_decoders(tensors).items()}
+def prepare_params(ops: Ops, tensors: dict, prepared=frozenset()) -> dict:
+    """A model's tensors (plus the heads' derived decoders) as `ops` takes them; the names
+    in `prepared` are in that form already."""
+    return {name: array if name in prepared else ops.prepare(name, array)
+            for name, array in forward.with_head_decoders(tensors).items()}
 
 
 def real_keys(input_mask):

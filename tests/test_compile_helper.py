@@ -4,7 +4,7 @@ from the cache, the vectors are the same bits as without helpers (or with helper
 fail), and no helper outlives its command, whether it ends normally, fails, or is interrupted.
 
 Each case is one CLI run in a fresh interpreter with its own empty NUMBA_CACHE_DIR (a cold
-run compiles for ~5 s of CPU: two of them here, reused for several assertions)."""
+run compiles for ~5 s of CPU: four of them here, each asserting several things)."""
 import json
 import os
 import signal

@@ -102,12 +102,9 @@ def test_panels_follow_the_variant_and_are_not_mixed():
     sse, other = KernelOps(True, isa="sse"), KernelOps(True, isa=isa.target().variants[0])
     packed = sse.prepare("a/kernel", w)
     assert packed.panels.shape == (2, 5, isa.VARIANTS["sse"].nr)
-    assert sse.prepare("a/kernel", packed) is packed   # load() prepares what it packed while reading
     if other.isa != sse.isa:
         with pytest.raises(ValueError, match="packed for isa 'sse'"):
             other.dense(np.ones((2, 5), np.float32), packed, np.zeros(20, np.float32))
-        with pytest.raises(ValueError, match="packed for isa 'sse'"):
-            other.prepare("a/kernel", packed)
 
 
 @pytest.mark.parametrize("variant", list(isa.VARIANTS))

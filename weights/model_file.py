@@ -65,9 +65,9 @@ class ModelFile:
     # A sentence-embedding pipeline (sentence-transformers models); its Dense weights are
     # among `tensors`, named by albert_ref.pipeline.dense_names.
     pipeline: Pipeline | None = None
-    # Set by read_model(..., convert=...) only: the file's manifest, computed as it was read,
-    # since `tensors` then holds converted forms (a backend's packed copies) it cannot describe.
-    read_manifest: dict | None = dataclasses.field(default=None, repr=False, compare=False)
+    # Set by read_model(..., convert=...) only: the tensors' manifest entries, made as they were
+    # read, since `tensors` then holds converted forms (a backend's packed copies).
+    tensor_entries: dict | None = dataclasses.field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
         self.tokenizer_options = check_tokenizer_options({**DEFAULT_OPTIONS, **self.tokenizer_options}
@@ -83,15 +83,10 @@ class ModelFile:
         and length) and options, every tensor's name, shape, dtype and SHA-256, and the
         pipeline when there is one (absent otherwise, so that files without one keep
         their digests)."""
-        if self.read_manifest is not None:
-            return self.read_manifest
         known = self.checksums or {}
-        return self.manifest_of({n: tensor_entry(t, known.get(n)) for n, t in self.tensors.items()})
-
-    def manifest_of(self, tensor_entries: dict) -> dict:
-        """The manifest of this model's config, tokenizer and pipeline with these tensors."""
+        entries = self.tensor_entries or {n: tensor_entry(t, known.get(n)) for n, t in self.tensors.items()}
         return {"config": self.config.to_dict(),
-                "tensors": dict(sorted(tensor_entries.items())),
+                "tensors": dict(sorted(entries.items())),
                 "tokenizer": tokenizer_entry(self.spm_model, self.tokenizer_options, self.tokenizer_checksum),
                 **({"pipeline": self.pipeline.to_dict()} if self.pipeline else {})}
 
@@ -390,9 +385,8 @@ def _read(f: h5py.File, path: Path, verify: bool, convert=None) -> ModelFile:
     if trusted and isinstance(manifest["tokenizer"], dict):
         spm_checksum = manifest["tokenizer"].get("sha256")
     checksums = {n: c for n, c in checksums.items() if c is not None}
-    model = ModelFile(config, tensors, spm_model, options, provenance, checksums, spm_checksum, version, pipeline)
-    if convert is not None:
-        model.read_manifest = model.manifest_of(entries)
+    model = ModelFile(config, tensors, spm_model, options, provenance, checksums, spm_checksum, version, pipeline,
+                      entries if convert is not None else None)
     if manifest is not None:
         _check_manifest(model.manifest(), manifest, path)
     return model
