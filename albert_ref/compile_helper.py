@@ -39,6 +39,8 @@ import threading
 # The helpers' shares of KernelOps.warm_up's ops, balanced by compile time (2.9 and 2.3 s of
 # CPU on a Zen 4).
 SHARES = (("layer_norm", "dense"), ("attention",))
+# ALBERT_REF_COMPILE_HELPERS=0 starts none (the CLI compiles everything itself).
+ENV = "ALBERT_REF_COMPILE_HELPERS"
 # A share compiles in a few seconds; a wait this long means its helper is stuck (or the
 # machine badly overloaded): it is killed, and the CLI compiles the share itself.
 WAIT_S = 30.0
@@ -77,7 +79,7 @@ class CompileHelper:
             if self._tried:
                 return
             self._tried = True            # one attempt only, whatever happens below
-            if spare_cpus() < 1:
+            if spare_cpus() < 1 or os.environ.get(ENV) == "0":
                 return                    # on one CPU, other compilers only compete with this one
             try:
                 kernels = isa.kernel_set(isa.select().name)

@@ -1,11 +1,11 @@
 """The first `albert-ref embed "hello world"` on an empty Numba cache, with and without the
-compile helper (albert_ref/compile_helper.py), runs alternating, each in a new process
+compile helpers (albert_ref/compile_helper.py; ALBERT_REF_COMPILE_HELPERS=0 for "without"), runs alternating, each in a new process
 with a fresh NUMBA_CACHE_DIR (also its working directory, so that the albert_ref of this
 interpreter is imported, not a source tree in the current directory); then the warm run
 (same cache) after each cold one.
 
 Wall seconds from process start to exit; CPU seconds and peak RSS from wait4 (as
-/usr/bin/time reports them: CPU counts the helper too, which the CLI reaps; RSS is the
+/usr/bin/time reports them: CPU counts the helpers too, which the CLI reaps; RSS is the
 largest single process). Prints one line per run and the medians.
 
     python benchmarks/bench_cold_start.py --runs 3
@@ -28,17 +28,15 @@ import sys
 import tempfile
 import time
 
-# The CLI, with the helper switched off for the "without" arm (the only difference).
-_CLI = ("import sys; from albert_ref import compile_helper, cli\n"
-        "if sys.argv[1] == 'without': compile_helper.CompileHelper.start = lambda self: None\n"
-        "sys.exit(cli.main(sys.argv[2:]))")
+# The CLI; the "without" arm switches the compile helpers off (the only difference).
+_CLI = "import sys; from albert_ref import cli; sys.exit(cli.main(sys.argv[1:]))"
 
 
 def _run(arm, argv, cache):
-    env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+    env = dict(os.environ, NUMBA_CACHE_DIR=cache, ALBERT_REF_COMPILE_HELPERS="0" if arm == "without" else "1")
     with tempfile.TemporaryFile() as err:
         start = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-c", _CLI, arm, *argv], env=env, cwd=cache, stdout=subprocess.DEVNULL,
+        proc = subprocess.Popen([sys.executable, "-c", _CLI, *argv], env=env, cwd=cache, stdout=subprocess.DEVNULL,
                                 stderr=err)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - start
@@ -50,8 +48,8 @@ def _run(arm, argv, cache):
 
 
 def _xlarge_command(batch: int, seq: int) -> list[str]:
-    """`run` on the xlarge model file and B x S ids, both written once (the file with the
-    albert-ref the benchmark runs, so that it is current)."""
+    """`run` on the xlarge model file and B x S ids (the file is written when missing: delete
+    it after a change of the file format)."""
     import numpy as np
 
     from bench_forward import inputs, model_fields

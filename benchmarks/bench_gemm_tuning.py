@@ -24,7 +24,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_gemm import time_in_turns  # noqa: E402
 
-FIELDS = ("mr", "nr", "vw", "unroll", "kblocks", "mc", "nc")
 
 
 def parse(spec):
@@ -34,11 +33,12 @@ def parse(spec):
     base, *pairs = spec.split(":")
     if base not in isa.VARIANTS:
         raise SystemExit(f"unknown variant {base!r} in {spec!r}; choose one of {', '.join(isa.VARIANTS)}")
+    keys = tuple(f.name for f in dataclasses.fields(isa.Variant) if f.type in ("int", int)) + ("kchunk",)
     changes, kchunk = {}, None
     for pair in pairs:
         key, _, value = pair.partition("=")
-        if key not in FIELDS + ("kchunk",) or not value.isdigit() or int(value) < 1:
-            raise SystemExit(f"bad setting {pair!r} in {spec!r}: want KEY=N, N >= 1, KEY one of {FIELDS + ('kchunk',)}")
+        if key not in keys or not value.isdigit() or int(value) < 1:
+            raise SystemExit(f"bad setting {pair!r} in {spec!r}: want KEY=N, N >= 1, KEY one of {keys}")
         if key == "kchunk":
             kchunk = int(value)
         else:
@@ -79,11 +79,13 @@ def main(argv=None):
         bias = np.zeros(N, np.float32)
         runs, first = {}, None
         for label, ks, kchunk in sets:
-            v = ks.variant
-            mc, nc, kc = gemm.tile_sizes(M, N, K, args.threads, v.mr, v.nr, v.mc, v.nc)
             bp, out = ks.pack(w), np.empty((M, N), np.float32)
-            runs[label] = (lambda ks=ks, bp=bp, out=out, mc=mc, nc=nc, kc=kchunk or kc:
-                           ks.gemm_packed(x, bp, bias, 0, out, mc, nc, kc, args.threads))
+            if kchunk is None:
+                runs[label] = lambda ks=ks, bp=bp, out=out: ks.dense(x, bp, bias, 0, args.threads, out)
+            else:
+                mc, nc, _ = gemm.tile_sizes(M, N, K, args.threads, ks.variant)
+                runs[label] = (lambda ks=ks, bp=bp, out=out, mc=mc, nc=nc, kc=kchunk:
+                               ks.gemm_packed(x, bp, bias, 0, out, mc, nc, kc, args.threads))
             runs[label]()
             if first is None:
                 first = out.copy()

@@ -2,8 +2,8 @@
 an empty Numba cache (a fresh temporary NUMBA_CACHE_DIR unless one is set) and lists the
 CPU seconds of each compiled function, exclusive of the functions it compiled in turn, from
 Numba's "numba:compile" events (a function loaded from the cache fires none). The CLI's
-compile helper (albert_ref/compile_helper.py) is off, so that every kernel is compiled and
-listed here; with --helper it runs, and the list is what the CLI process still compiles.
+compile helpers (albert_ref/compile_helper.py) are off, so that every kernel is compiled and
+listed here; with --helper they run, and the list is what the CLI process still compiles.
 
     python benchmarks/compile_events.py                       # embed "hello world", demo model
     python benchmarks/compile_events.py embed --model M.h5 "some text"
@@ -24,8 +24,7 @@ def main(argv=None) -> None:
     helper = "--helper" in argv
     argv = [a for a in argv if a != "--helper"] or ["embed", "hello world"]
     if not helper:
-        from albert_ref.compile_helper import CompileHelper
-        CompileHelper.start = lambda self: None
+        os.environ["ALBERT_REF_COMPILE_HELPERS"] = "0"
     own_cache = "NUMBA_CACHE_DIR" not in os.environ
     if own_cache:
         os.environ["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(prefix="albert-ref-cold-")

@@ -99,8 +99,8 @@ def make_micro(mr, nr, vw, unroll):
         chain per KB-block of k (k = 0 being a block edge of the dot product), each stored
         (first block, accumulate == 0) or added into C before the next.
 
-        a: flat A, element (r, k) at a_off + k*a_ks + r*a_rs (row-major A: a_ks = 1,
-        a_rs = its row stride; packed panels: a_ks = mr, a_rs = 1); b: packed B (nr
+        a: flat A, element (r, k) at a_off + k*a_ks + r*a_rs (row-major A, as every caller
+        passes it: a_ks = 1, a_rs = its row stride); b: packed B (nr
         floats per k) at b_off; c: flat float32 output, tile origin c_off, row stride ldc."""
         sig = types.void(a, types.intp, types.intp, types.intp, b, types.intp, types.intp, c, types.intp,
                          types.intp, types.intp)
@@ -335,11 +335,12 @@ def gemm_part(x, bp, bias, act, out, mc, nc, kchunk, part, parts):
                 _epilogue(out, bias, i0, i1, j0, j1, act)
 
 
-def tile_sizes(M, N, K, threads, mr, nr, mc_max, nc_max):
-    """Cache/parallel tiling for an mr x nr micro-tile, tiles of at most mc_max x nc_max
-    (the variant's; speed only, never the bits)."""
-    mc = min(max(mr, mc_max - mc_max % mr), -(-M // mr) * mr)
-    nc = max(nr, nc_max - nc_max % nr)
+def tile_sizes(M, N, K, threads, variant):
+    """Cache/parallel tiling for an isa.Variant: its mr x nr micro-tile, tiles of at most
+    its mc x nc (speed only, never the bits)."""
+    mr, nr = variant.mr, variant.nr
+    mc = min(max(mr, variant.mc - variant.mc % mr), -(-M // mr) * mr)
+    nc = max(nr, variant.nc - variant.nc % nr)
     while nc > nr and (-(-M // mc)) * (-(-N // nc)) < 4 * threads:
         nc = max(nr, (nc // 2) - (nc // 2) % nr)
     kchunk = 1024 if M * N >= (1 << 20) else K

@@ -14,10 +14,12 @@ target and reads the widest vector registers and whether the FMA is an instructi
 and refuses an unknown name or a variant wider than the target's vectors.
 
 Every variant is compiled from one source: `kernel_set` copies the template functions of
-gemm.py and attention.py with a globals dict holding that variant's MR, NR and
-micro-kernel, under a qualname suffixed with the variant's name. Numba's on-disk cache
-keys its files on source file and qualname (and treats globals as constants), so each
-variant has its own cache entries, and only the variants a process uses are compiled.
+gemm.py and attention.py with a globals dict holding that variant's MR, NR, KBLOCKS and
+micro-kernel (which bakes in its unroll), under a qualname suffixed with the variant's
+name. Numba's on-disk cache keys its files on source file and qualname alone and treats
+globals as constants, so each variant has its own cache entries, only the variants a
+process uses are compiled, and a variant with other settings needs another name
+(bench_gemm_tuning's and test_gemm_blocking's are named after their settings).
 """
 from __future__ import annotations
 
@@ -175,8 +177,7 @@ class KernelSet:
     def dense(self, x2, bp, bias, act, threads, out):
         """out [M, N] = act(x2 @ W + bias): x2 [M, K] float32 (C order), bp = self.pack(W)."""
         M, K = x2.shape
-        v = self.variant
-        mc, nc, kchunk = _gemm.tile_sizes(M, out.shape[1], K, threads, v.mr, v.nr, v.mc, v.nc)
+        mc, nc, kchunk = _gemm.tile_sizes(M, out.shape[1], K, threads, self.variant)
         self.gemm_packed(x2, bp, bias, act, out, mc, nc, kchunk, threads)
         return out
 
