@@ -244,8 +244,14 @@ def test_concurrent_mixed_requests_get_their_solo_vectors(main, reference):
     after = metrics(main)
     key = ("albert_ref_batch_texts_sum", ())
     assert after[key] - before.get(key, 0) == sent
+    # Requests shared forward passes, or the bits above would prove nothing about company.
+    # Either sign shows it: fewer passes than requests, or a pass of more texts than any
+    # request holds (8). The planner may split a request over passes, so under load the
+    # first alone does not hold.
     passes = after[("albert_ref_batch_texts_count", ())] - before.get(("albert_ref_batch_texts_count", ()), 0)
-    assert passes < len(requests)  # requests shared forward passes
+    small = ("albert_ref_batch_texts_bucket", (("le", "8.0"),))
+    mixed = passes - (after[small] - before.get(small, 0))   # passes of more than 8 texts
+    assert passes < len(requests) or mixed > 0, (passes, mixed)
 
 
 # -- bad input and overload ----------------------------------------------------------------
