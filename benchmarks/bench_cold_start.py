@@ -47,24 +47,32 @@ def _run(arm, argv, cache):
     return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
 
 
-def _xlarge_command(batch: int, seq: int) -> list[str]:
-    """`run` on the xlarge model file and B x S ids (the file is written when missing: delete
-    it after a change of the file format)."""
-    import numpy as np
+FOLDER = os.path.expanduser("~/.cache/albert-ref-bench")
 
-    from bench_forward import inputs, model_fields
+
+def xlarge_file() -> str:
+    """A model file of the module card's xlarge shape with random weights, written to FOLDER
+    when missing (delete it after a change of the file format)."""
+    from bench_forward import model_fields
     from albert_ref.config import AlbertConfig
     from albert_ref.weights.model_file import write_model
     from albert_ref.weights.random_model import random_model_file
-    folder = os.path.expanduser("~/.cache/albert-ref-bench")
-    os.makedirs(folder, exist_ok=True)
-    model, ids = os.path.join(folder, "xlarge.h5"), os.path.join(folder, f"ids_{batch}x{seq}.npz")
-    config = AlbertConfig(**model_fields("xlarge"))
+    os.makedirs(FOLDER, exist_ok=True)
+    model = os.path.join(FOLDER, "xlarge.h5")
     if not os.path.exists(model):
-        write_model(model, random_model_file(config))
-    input_ids, mask, segs = inputs(batch, seq, config.vocab_size)
+        write_model(model, random_model_file(AlbertConfig(**model_fields("xlarge"))))
+    return model
+
+
+def _xlarge_command(batch: int, seq: int) -> list[str]:
+    """`run` on xlarge_file() and B x S ids."""
+    import numpy as np
+
+    from bench_forward import inputs, model_fields
+    model, ids = xlarge_file(), os.path.join(FOLDER, f"ids_{batch}x{seq}.npz")
+    input_ids, mask, segs = inputs(batch, seq, model_fields("xlarge")["vocab_size"])
     np.savez(ids, input_ids=input_ids, input_mask=mask, segment_ids=segs)
-    return ["run", model, "--inputs", ids, "--output", os.path.join(folder, "out.npz")]
+    return ["run", model, "--inputs", ids, "--output", os.path.join(FOLDER, "out.npz")]
 
 
 def main(argv=None) -> None:
