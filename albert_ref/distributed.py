@@ -291,7 +291,7 @@ def _remove_temporaries(folder: Path) -> None:
 
 
 def _claim(path: Path, job: dict) -> None:
-    if stored_job(path, job, path.parent) is not None:
+    if stored_job(path, job, path.parent, finished_too=True) is not None:
         return
     if any(path.parent.glob("part-*")):
         raise InputError(f"{path.parent} holds shards but no {JOB_FILE}; add --restart to discard them")

@@ -10,11 +10,12 @@ from albert_ref.atomic import atomic_output
 from albert_ref.errors import InputError
 
 
-def stored_job(path: Path, job: dict, where: Path) -> dict | None:
+def stored_job(path: Path, job: dict, where: Path, finished_too: bool = False) -> dict | None:
     """The record at `path` (a JSON object whose "job" is the job's description) when it
     describes `job`; None when there is none. A record of another job, or one that cannot
     be read, is an InputError saying what differs and how to go on; `where` names the
-    output that holds it."""
+    output that holds it. finished_too: the record stays after its job is done (a
+    distributed job's folder), so the job it records may be finished."""
     if not path.exists():
         return None
     try:
@@ -26,8 +27,10 @@ def stored_job(path: Path, job: dict, where: Path) -> dict | None:
         return found
     stored = stored if isinstance(stored, dict) else {}
     changed = sorted(k for k in job if stored.get(k) != job[k])
-    raise InputError(f"{where} holds an unfinished job for a different command (it differs in: "
-                     f"{', '.join(changed)}{_edited_inputs(stored, job)}); rerun that command to finish it, "
+    held, rerun = ("a job", "rerun that command to finish it if it is not") if finished_too else \
+        ("an unfinished job", "rerun that command to finish it")
+    raise InputError(f"{where} holds {held} for a different command (it differs in: "
+                     f"{', '.join(changed)}{_edited_inputs(stored, job)}); {rerun}, "
                      f"use another output, or add --restart to discard it")
 
 

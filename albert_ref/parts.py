@@ -24,10 +24,17 @@ _pool: tuple[int, int, ThreadPoolExecutor] | None = None   # (pid, workers, exec
 
 
 def _executor(workers: int) -> ThreadPoolExecutor:
+    """The process's pool, with room for every core (its threads start only as work comes),
+    so it is remade only in a forked child or for more slices than cores; a pool it
+    replaces is shut down once its queued slices are done."""
     global _pool
     with _lock:
         if _pool is None or _pool[0] != os.getpid() or _pool[1] < workers:
-            _pool = (os.getpid(), workers, ThreadPoolExecutor(workers, thread_name_prefix="albert-ref-kernel"))
+            old = _pool[2] if _pool is not None and _pool[0] == os.getpid() else None
+            size = max(workers, os.cpu_count() or 1)
+            _pool = (os.getpid(), size, ThreadPoolExecutor(size, thread_name_prefix="albert-ref-kernel"))
+            if old is not None:
+                old.shutdown(wait=False)
         return _pool[2]
 
 

@@ -31,15 +31,15 @@ def _bool(number: int, value: bool) -> bytes:
     return varint(number << 3 | _VARINT) + varint(int(value))
 
 
-def model_proto(pieces, *, name="identity", charsmap=b"", add_dummy_prefix=True,
-                remove_extra_whitespaces=True) -> bytes:
+def model_proto(pieces, *, name="identity", charsmap=b"") -> bytes:
     """A serialized unigram ModelProto of `pieces`, (text, score, type) in id order."""
     out = bytearray()
     for text, score, kind in pieces:
         out += _field(1, _field(1, text.encode()) + varint(2 << 3 | _FIXED32) + struct.pack("<f", score)
                       + varint(3 << 3 | _VARINT) + varint(kind))
     spec = _field(1, name.encode()) + (_field(2, charsmap) if charsmap else b"")
-    spec += _bool(3, add_dummy_prefix) + _bool(4, remove_extra_whitespaces) + _bool(5, True)
+    # add_dummy_prefix, remove_extra_whitespaces, escape_whitespaces: ALBERT's settings
+    spec += _bool(3, True) + _bool(4, True) + _bool(5, True)
     return bytes(out + _field(3, spec))
 
 

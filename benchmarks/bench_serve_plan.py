@@ -136,7 +136,7 @@ def main():
     parser.add_argument("--row-ms", type=float, default=0.9, help="cost model: ms per padded token row")
     parser.add_argument("--pass-rows", type=float, default=10, help="cost model: fixed cost of a pass, in rows")
     parser.add_argument("--return-ms", type=float, default=1.0, help="from one answer to that client's next text")
-    parser.add_argument("--charges", type=int, nargs="+", default=sorted({BATCH_OVERHEAD_ROWS, PASS_OVERHEAD_ROWS, 8}))
+    parser.add_argument("--charges", type=int, nargs="+", default=sorted({BATCH_OVERHEAD_ROWS, PASS_OVERHEAD_ROWS, 8, 16}))
     parser.add_argument("--measure", action="store_true", help="time the plans' passes on the base model")
     parser.add_argument("--rounds", type=int, default=3, help="times each pass is run under --measure")
     parser.add_argument("--threads", type=int, default=None)

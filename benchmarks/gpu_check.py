@@ -203,15 +203,12 @@ def _bits_report(got, want):
     return res
 
 
-def _forward(ops, raw, config, ids, mask, segs, heads=(), hidden_states=False):
+def _forward(ops, raw, config, ids, mask, segs):
     import numpy as np
 
     from albert_ref import forward
     from albert_ref.ops import prepare_params
-    params = prepare_params(ops, raw)
-    out = forward.forward(ops, params, config, ids, mask, segs, heads=heads, hidden_states=hidden_states)
-    if hidden_states:
-        out["hidden_states"] = np.stack([np.asarray(h) for h in out["hidden_states"]])
+    out = forward.forward(ops, prepare_params(ops, raw), config, ids, mask, segs)
     return {k: np.asarray(v) for k, v in out.items()}
 
 

@@ -242,7 +242,7 @@ ATTENTION = [_attention(B, S, h, d) for B, S, h, d in
              [(1, 1, 1, 1), (2, 7, 2, 7), (3, 13, 3, 16), (2, 33, 1, 64), (2, 17, 2, 65), (3, 5, 1, 128), (2, 129, 2, 12),
               (2, 5, 2, 130)]]                                 # heads wider than KB: blocked score dots
 ATTENTION += [_attention(2, 300, 2, 8, "all"),                 # more than KB real keys: several context blocks
-              _attention(1, 131, 1, 4, "all"),
+              _attention(1, 151, 1, 4, "all"),                 # 130 real keys: the simulator's multi-block case
               _attention(2, 9, 2, 8, special="inf"), _attention(2, 9, 1, 16, special="nan"),
               ("attention-nan-inf-scores", _attention_specials)]
 

@@ -235,8 +235,8 @@ def test_a_changed_input_model_or_option_is_refused(client, corpus_dir, tmp_path
     out = tmp_path / "out"
     run = dict(client=client, partition_size=40, **OPTIONS)
     assert embed_corpus(tmp_path / "a.jsonl", out, **run).ok
-    with pytest.raises(InputError, match="differs in: pooling"):
-        embed_corpus(tmp_path / "a.jsonl", out, **{**run, "pooling": "max"})
+    with pytest.raises(InputError, match="holds a job for a different command .*differs in: pooling"):
+        embed_corpus(tmp_path / "a.jsonl", out, **{**run, "pooling": "max"})   # finished, not "unfinished"
     with (tmp_path / "a.jsonl").open("a") as fh:
         fh.write('{"text": "one more"}\n')
     with pytest.raises(InputError, match=r"differs in: inputs; changed or new input: .*a\.jsonl"):

@@ -47,7 +47,8 @@ def test_concurrent_texts_get_their_solo_vectors_within_the_limits(encoder):
         batcher.close(60)
     assert sum(p.texts for p in passes) == len(TEXTS)
     assert all(p.texts <= 4 and p.padded_tokens <= 64 for p in passes), passes
-    assert len(passes) < len(TEXTS)  # texts shared passes
+    # requests shared passes: fewer passes than requests (of 3 texts each), or a pass of 4
+    assert len(passes) < len(TEXTS) // 3 or any(p.texts > 3 for p in passes), passes
 
 
 def test_texts_withdrawn_while_planning_are_not_run(encoder, caplog):

@@ -64,7 +64,7 @@ class HFModel:
     config: AlbertConfig
     tensors: dict[str, np.ndarray]  # TF name -> float32, C-contiguous, TF layout
     spm_model: bytes | None
-    tokenizer_options: dict[str, bool]
+    tokenizer_options: dict  # tokenizer_config.json's booleans; "flavour" when tokenizer.json names it
     sources: dict[str, str]  # file name -> SHA-256 hex digest of every file read
     notes: tuple[str, ...] = ()  # what was skipped or rounded, for provenance
 
@@ -82,12 +82,13 @@ def read_huggingface(directory: str | Path) -> HFModel:
     state, weights_name = _read_weights(directory, sources)
     tensors, notes = _map_tensors(state, config, str(directory / weights_name))
     spm_path, json_path = directory / "spiece.model", directory / "tokenizer.json"
-    options = _tokenizer_options(directory / "tokenizer_config.json", sources)
+    config_path = directory / "tokenizer_config.json"
+    options, given = _tokenizer_options(config_path, sources)
     if spm_path.is_file():
         spm_model = _read_file(spm_path, sources)
     elif json_path.is_file():
         spm_model, fast = read_tokenizer_json(json_path, _read_json(json_path, sources))
-        _check_agrees(fast, directory / "tokenizer_config.json")
+        _check_agrees(fast, options, given, config_path)
         options = {**options, **fast}
     else:
         spm_model = None
@@ -119,31 +120,32 @@ def _hash_file(path: Path, sources: dict[str, str]) -> None:
         raise ConversionError(f"cannot read {path}: {exc}") from None
 
 
-def _check_agrees(fast: dict, config_path: Path) -> None:
-    """tokenizer_config.json's do_lower_case/keep_accents, where given, must be what
+def _check_agrees(fast: dict, options: dict, given: list, config_path: Path) -> None:
+    """tokenizer_config.json's do_lower_case/keep_accents, where `given`, must be what
     tokenizer.json does: transformers 5 rebuilds the normalizer from them, transformers 4
     runs tokenizer.json's, and they must not disagree."""
-    config = _read_json(config_path, {}) if config_path.is_file() else {}
     for key in ("do_lower_case", "keep_accents"):
-        if key in config and config[key] != fast[key]:
-            raise ConversionError(f"{config_path}: {key} is {config[key]}, but tokenizer.json's normalizer "
+        if key in given and options[key] != fast[key]:
+            raise ConversionError(f"{config_path}: {key} is {options[key]}, but tokenizer.json's normalizer "
                                   f"{'does' if fast[key] else 'does not'} "
                                   f"{'lower-case' if key == 'do_lower_case' else 'keep accents'}")
 
 
-def _tokenizer_options(path: Path, sources: dict[str, str]) -> dict[str, bool]:
+def _tokenizer_options(path: Path, sources: dict[str, str]) -> tuple[dict[str, bool], list[str]]:
+    """The tokenizer options tokenizer_config.json gives (defaults for the rest), and which
+    it gives."""
     options = dict(TOKENIZER_DEFAULTS)
     if not path.is_file():
-        return options
+        return options, []
     data = _read_json(path, sources)
     if not isinstance(data, dict):
         raise ConversionError(f"{path} must hold a JSON object")
-    for key in options:
-        if key in data:
-            if not isinstance(data[key], bool):
-                raise ConversionError(f"{path}: {key} must be true or false, got {data[key]!r}")
-            options[key] = data[key]
-    return options
+    given = [key for key in options if key in data]
+    for key in given:
+        if not isinstance(data[key], bool):
+            raise ConversionError(f"{path}: {key} must be true or false, got {data[key]!r}")
+        options[key] = data[key]
+    return options, given
 
 
 # -- weights ----------------------------------------------------------------------------------
