@@ -46,44 +46,57 @@ def model_proto(pieces, *, name="identity", charsmap=b"") -> bytes:
 def normalizer_charsmap(proto: bytes) -> bytes:
     """normalizer_spec.precompiled_charsmap of a serialized ModelProto (b"" if none)."""
     charsmap = b""
-    for number, value in _fields(proto):
-        if number == 3:
+    for number, wire, value in fields(proto, _bad_model):
+        if number == 3 and wire == _LEN:
             charsmap = b""  # a later normalizer_spec replaces an earlier one (protobuf merges)
-            for inner, data in _fields(value):
-                if inner == 2:
+            for inner, inner_wire, data in fields(value, _bad_model):
+                if inner == 2 and inner_wire == _LEN:
                     charsmap = data
     return charsmap
 
 
-def _fields(data: bytes):
-    """(field number, bytes or int) of each field of one message, in order."""
-    pos, end = 0, len(data)
-    while pos < end:
-        tag, pos = _read_varint(data, pos)
+def _bad_model(reason: str):
+    raise TokenizerError(f"sentencepiece model: malformed protobuf: {reason}")
+
+
+def fields(buf: bytes, fail):
+    """(field number, wire type, value) of each field of one serialized message, in order:
+    ints for varint and fixed wire types, bytes for length-delimited ones. fail(reason)
+    raises the caller's error for a malformed message (weights/tf_bundle.py reads TF's
+    protos with this too)."""
+    pos = 0
+    while pos < len(buf):
+        tag, pos = read_varint(buf, pos, fail)
         number, wire = tag >> 3, tag & 7
         if wire == _VARINT:
-            value, pos = _read_varint(data, pos)
-        elif wire == _LEN:
-            size, pos = _read_varint(data, pos)
-            value, pos = data[pos:pos + size], pos + size
+            value, pos = read_varint(buf, pos, fail)
         elif wire in (_FIXED32, _FIXED64):
-            size = 4 if wire == _FIXED32 else 8
-            value, pos = data[pos:pos + size], pos + size
+            width = 4 if wire == _FIXED32 else 8
+            if pos + width > len(buf):
+                fail(f"truncated fixed{width * 8} field")
+            value, pos = int.from_bytes(buf[pos:pos + width], "little"), pos + width
+        elif wire == _LEN:
+            size, pos = read_varint(buf, pos, fail)
+            if pos + size > len(buf):
+                fail(f"field {number} runs past the end")
+            value, pos = buf[pos:pos + size], pos + size
         else:
-            raise TokenizerError(f"sentencepiece model: unsupported protobuf wire type {wire}")
-        if pos > end:
-            raise TokenizerError("sentencepiece model: truncated protobuf field")
-        yield number, value
+            fail(f"unsupported wire type {wire}")
+        if number == 0:
+            fail("field number 0")
+        yield number, wire, value
 
 
-def _read_varint(data: bytes, pos: int):
+def read_varint(buf: bytes, pos: int, fail) -> tuple[int, int]:
+    """(value, position after it) of the varint at buf[pos]; fail(reason) if malformed."""
     result = shift = 0
-    while True:
-        if pos >= len(data) or shift > 63:
-            raise TokenizerError("sentencepiece model: truncated or overlong protobuf varint")
-        byte = data[pos]
-        result |= (byte & 0x7F) << shift
+    while shift < 70:
+        if pos >= len(buf):
+            fail("truncated varint")
+        byte = buf[pos]
         pos += 1
+        result |= (byte & 0x7F) << shift
         if byte < 0x80:
-            return result, pos
+            return result & 0xFFFFFFFFFFFFFFFF, pos
         shift += 7
+    fail("varint longer than 10 bytes")

@@ -22,6 +22,7 @@ import crc32c
 import numpy as np
 
 from albert_ref.errors import ConversionError
+from albert_ref.spm_proto import fields as proto_fields, read_varint, varint
 
 _TABLE_MAGIC = 0xDB4775248B80FB57  # kTableMagicNumber, stored as a little-endian fixed64
 _FOOTER_SIZE = 48                  # two BlockHandles padded to 40 bytes, then the magic
@@ -259,44 +260,18 @@ def _parse_shape(path: Path, where: str, shape: bytes) -> tuple[int, ...]:
 
 
 def _proto_fields(path: Path, what: str, buf: bytes):
-    """Yield (field number, wire type, value) of a serialized message: ints for varint and
-    fixed wire types, bytes for length-delimited ones."""
-    pos = 0
-    while pos < len(buf):
-        tag, pos = _varint(path, what, buf, pos)
-        field, wire = tag >> 3, tag & 7
-        if wire == 0:
-            value, pos = _varint(path, what, buf, pos)
-        elif wire in (1, 5):
-            width = 8 if wire == 1 else 4
-            if pos + width > len(buf):
-                raise ConversionError(f"{path}: malformed {what}: truncated fixed{width * 8} field")
-            value = int.from_bytes(buf[pos:pos + width], "little")
-            pos += width
-        elif wire == 2:
-            n, pos = _varint(path, what, buf, pos)
-            if pos + n > len(buf):
-                raise ConversionError(f"{path}: malformed {what}: field {field} runs past the end")
-            value, pos = buf[pos:pos + n], pos + n
-        else:
-            raise ConversionError(f"{path}: malformed {what}: unsupported wire type {wire}")
-        if field == 0:
-            raise ConversionError(f"{path}: malformed {what}: field number 0")
-        yield field, wire, value
+    """(field number, wire type, value) of a serialized message (spm_proto.fields)."""
+    return proto_fields(buf, _malformed(path, what))
 
 
 def _varint(path: Path, what: str, buf: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while shift < 70:
-        if pos >= len(buf):
-            raise ConversionError(f"{path}: malformed {what}: truncated varint")
-        byte = buf[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return result & 0xFFFFFFFFFFFFFFFF, pos
-        shift += 7
-    raise ConversionError(f"{path}: malformed {what}: varint longer than 10 bytes")
+    return read_varint(buf, pos, _malformed(path, what))
+
+
+def _malformed(path: Path, what: str):
+    def fail(reason: str):
+        raise ConversionError(f"{path}: malformed {what}: {reason}")
+    return fail
 
 
 def _signed(path: Path, value: int, bits: int) -> int:
@@ -361,13 +336,7 @@ def _block_handle(path: Path, what: str, buf: bytes, pos: int) -> tuple[tuple[in
 
 
 def _encode_handle(handle: tuple[int, int]) -> bytes:
-    out = bytearray()
-    for n in handle:
-        while n >= 0x80:
-            out.append(n & 0x7F | 0x80)
-            n >>= 7
-        out.append(n)
-    return bytes(out)
+    return b"".join(map(varint, handle))
 
 
 def _read_block(path: Path, what: str, data: bytes, handle: tuple[int, int], end: int) -> bytes:
