@@ -282,26 +282,46 @@ def test_convert_sees_each_checked_tensor_once_and_the_digest_is_the_files(good_
     assert back.digest == model.digest and back.heads == ("mlm", "sop")
 
 
-def test_convert_never_holds_two_of_the_files_arrays(good_file, monkeypatch):
-    """What convert is given is released before the next tensor is read (load() packs
-    dense kernels this way, so a model's arrays and their packed copies never all coexist)."""
-    import weakref
+def _mapped_kib(path) -> int:
+    """Resident KiB of this process's mappings of `path` (Linux: /proc/self/smaps)."""
+    total, current = 0, False
+    with open("/proc/self/smaps") as fh:
+        for line in fh:
+            fields = line.split()
+            if "-" in fields[0] and len(fields) >= 5:   # a mapping's header line
+                current = fields[-1] == str(path)
+            elif current and fields[0] == "Rss:":
+                total += int(fields[1])
+    return total
 
-    from albert_ref.weights import model_file
-    given, reads = [], []
 
-    def read_dataset(*args, **kwargs):
-        assert all(ref() is None for ref in given), "an earlier array is still alive"
-        reads.append(args[1])
-        return real(*args, **kwargs)
-    real = model_file._read_dataset
-    monkeypatch.setattr(model_file, "_read_dataset", read_dataset)
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="reads Linux's /proc/self/smaps")
+@pytest.mark.parametrize("verify", [True, False])
+def test_reading_holds_at_most_two_of_the_files_tensors(tmp_path, verify):
+    """The data is read through a map of the file whose pages are dropped once a tensor has
+    been hashed and converted (load() packs dense kernels this way, so a model's arrays and
+    their packed copies never all coexist): while any tensor is converted, at most two
+    tensors' worth of the file is resident in the process (plus the pages the kernel maps
+    around a fault)."""
+    from albert_ref.weights.model_file import FAULT_AROUND
+    model = random_model_file(tiny_config(vocab_size=512, embedding_size=64, hidden_size=128, intermediate_size=512,
+                                          num_attention_heads=2, num_hidden_layers=4, num_hidden_groups=4))
+    path = tmp_path / "big.h5"
+    write_model(path, model)
+    largest = sorted(array.nbytes for array in model.tensors.values())[-2:]
+    assert os.path.getsize(path) > 4 * sum(largest)   # the whole file resident would fail
+    resident = []
 
     def convert(name, array):
-        given.append(weakref.ref(array))
-        return array.copy()
-    read_model(good_file, convert=convert)
-    assert len(given) > 10 and len(reads) == len(given) + 1   # the tokenizer is read last
+        resident.append(_mapped_kib(path.resolve()))
+        return array
+    back = read_model(path, verify=verify, convert=convert)
+    assert len(resident) == len(model.tensors)
+    assert max(resident) * 1024 <= sum(largest) + 2 * (FAULT_AROUND + 4096), resident
+    assert _mapped_kib(path.resolve()) == 0                          # unmapped at the end
+    for name, array in back.tensors.items():   # returned as the process's own, writable arrays
+        assert array.flags.writeable and array.flags.owndata, name
+        assert np.array_equal(array.view(np.uint32), model.tensors[name].view(np.uint32)), name
 
 
 @pytest.mark.parametrize("verify", [True, False])
@@ -313,3 +333,21 @@ def test_a_damaged_tensor_fails_the_read_with_or_without_convert(good_file, veri
     for convert in (None, lambda name, array: array.copy()):
         with pytest.raises(ChecksumError if verify else ModelFileError, match="SHA-256" if verify else "non-finite"):
             read_model(good_file, verify=verify, convert=convert)
+
+
+def test_a_tensor_without_stored_data_is_read_as_its_fill_values(good_file, model):
+    """A dataset whose storage was never written (nothing to map) reads as HDF5 reads it,
+    as its fill values, which then fail the tensor's checksum."""
+    from albert_ref.weights.model_file import ChecksumError
+    name = "bert/pooler/dense/bias"
+
+    def unwritten(f):
+        stored = f["weights/" + name].attrs["sha256"]
+        del f["weights/" + name]
+        f.create_dataset("weights/" + name, shape=model.tensors[name].shape, dtype="<f4", fillvalue=0.5)
+        f["weights/" + name].attrs["sha256"] = stored
+    _edit(good_file, unwritten)
+    with pytest.raises(ChecksumError, match=f"{name}: SHA-256 mismatch"):
+        read_model(good_file)
+    back = read_model(good_file, verify=False)
+    assert np.all(back.tensors[name] == 0.5)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import mmap
+import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -172,6 +174,11 @@ def check_tensors(config: AlbertConfig, tensors: dict, where: str = "", finite: 
 
 def check_finite(name: str, array: np.ndarray, where: str = "") -> None:
     """Raise ModelFileError naming the first NaN or infinity in a tensor."""
+    # The sum is finite only if every term is (IEEE additions propagate NaN and infinities):
+    # one pass at memory speed, no tensor-sized temporary. A finite tensor whose sum
+    # overflows gets the exact test.
+    if np.isfinite(np.add.reduce(array, axis=None)):
+        return
     if not np.isfinite(array).all():
         bad = np.argwhere(~np.isfinite(array))[0]
         raise ModelFileError(f"{where}tensor {name}: non-finite value {array[tuple(bad)]} at index {tuple(bad.tolist())}")
@@ -362,24 +369,37 @@ def _read(f: h5py.File, path: Path, verify: bool, convert=None) -> ModelFile:
     trusted = manifest is not None and not verify
     listed = manifest["tensors"] if trusted and isinstance(manifest["tensors"], dict) else {}
     tensors, checksums, entries = {}, {}, {}
-    with ThreadPoolExecutor(1, thread_name_prefix="albert-ref-sha256") as hasher:
-        for name, ds in weights.items():
-            # Each tensor is hashed on the hasher's thread while it is checked and converted
-            # here; a damaged tensor's ChecksumError takes precedence over its other errors.
-            array, checksum = _read_dataset(ds, name, path, verify, hasher if verify else None)
+    data = _MappedData(f, path)
+    hasher = ThreadPoolExecutor(1, thread_name_prefix="albert-ref-sha256")
+    try:
+        arrays = {name: data.view(ds, name) for name, ds in weights.items()}
+        stored = {name: _stored_checksum(ds, path, verify) for name, ds in weights.items()}
+        # Hashing is the slowest step, so the hasher thread starts on every tensor now and
+        # runs ahead (hashlib releases the GIL) while each is checked and converted here,
+        # in order; a damaged tensor's ChecksumError takes precedence over its other errors.
+        hashes = {name: hasher.submit(data.released, _verified, array, stored[name], name, path)
+                  for name, array in arrays.items()} if verify else {}
+        for name in weights:
+            array = arrays.pop(name)
             try:
                 check_finite(name, array, f"{path}: ")
-                tensors[name] = array if convert is None else convert(name, array)
+                result = array if convert is None else convert(name, array)
+                # Nothing returned may keep the map alive: copy what still reads from it.
+                shares = isinstance(result, np.ndarray) and np.may_share_memory(result, array)
+                tensors[name] = result.copy() if shares else result
             finally:
-                if verify:
-                    checksum = checksum.result()
+                checksum = hashes.pop(name).result() if verify else stored[name]
             if trusted:
                 checksum = listed[name].get("sha256") if isinstance(listed.get(name), dict) else None
             if convert is not None:   # the manifest's entry, while the file's array is still here
                 entries[name] = tensor_entry(array, checksum)
                 checksum = entries[name]["sha256"]
             checksums[name] = checksum
-            del array
+            data.release(array)
+            del array, result
+    finally:
+        hasher.shutdown(cancel_futures=True)
+        data.close()
 
     spm_model, spm_checksum, options = _read_tokenizer(f, datasets, path, verify)
     if trusted and isinstance(manifest["tokenizer"], dict):
@@ -480,31 +500,91 @@ def _walk(f: h5py.File, path: Path) -> dict[str, h5py.Dataset]:
     return found
 
 
-def _read_dataset(ds: h5py.Dataset, name: str, path: Path, verify: bool, hasher=None):
-    """The data and its stored SHA-256. verify: hash the data and compare (a missing
-    checksum is an error); otherwise a missing or malformed checksum is returned as None.
+def _read_dataset(ds: h5py.Dataset, name: str, path: Path, verify: bool):
+    """A small dataset's data (the tokenizer's bytes) and its stored SHA-256, checked when verifying."""
+    _check_layout(ds, name, path)
+    array = ds[()]
+    stored = _stored_checksum(ds, path, verify)
+    return array, _verified(array, stored, name, path) if verify else stored
 
-    hasher (an executor): the data is hashed there while the caller goes on (hashlib
-    releases the GIL), and the checksum comes back as a future to `.result()`, which
-    raises the ChecksumError."""
+
+def _check_layout(ds: h5py.Dataset, name: str, path: Path) -> None:
     if ds.external or ds.is_virtual:
         raise ModelFileError(f"{path}: {name} uses external storage, which is refused")
     if ds.chunks is not None or ds.compression is not None:
         raise ModelFileError(f"{path}: {name} is chunked or compressed; the format stores contiguous data")
-    array = ds[()]
-    if not verify:
-        stored = ds.attrs.get("sha256")
-        if isinstance(stored, bytes):
-            stored = stored.decode("ascii", "replace")
-        is_hex = isinstance(stored, str) and len(stored) == 64 and all(c in "0123456789abcdef" for c in stored)
-        checksum = stored if is_hex else None
-    else:
-        stored = _attr(ds, "sha256", path)
-        if hasher is None:
-            checksum = _verified(array, stored, name, path)
-        else:
-            checksum = hasher.submit(_verified, array, stored, name, path)
-    return array, checksum
+
+
+def _stored_checksum(ds: h5py.Dataset, path: Path, verify: bool) -> str | None:
+    """The dataset's sha256 attribute. Verifying, it must be there (it is compared with the
+    data); otherwise a missing or malformed one is None."""
+    if verify:
+        return _attr(ds, "sha256", path)
+    stored = ds.attrs.get("sha256")
+    if isinstance(stored, bytes):
+        stored = stored.decode("ascii", "replace")
+    return stored if isinstance(stored, str) and len(stored) == 64 and all(c in "0123456789abcdef" for c in stored) \
+        else None
+
+
+# Linux maps up to 64 KiB around a faulting page of a file (fault_around_bytes).
+FAULT_AROUND = 1 << 16
+
+
+class _MappedData:
+    """The tensors' data, read through a read-only memory map of the file h5py has open (its
+    own descriptor, so that it is the same file): nothing is copied before a tensor is
+    checked and converted, and its pages leave the process as soon as both the hasher and
+    the converter are done with it (they come back from the page cache if touched again),
+    so that loading holds the converted tensors plus at most two of the file's.
+
+    The layout is checked first (contiguous, uncompressed, inside the file). A file cut
+    short while it is being read would fault (SIGBUS), as any mapped file would; model
+    files are written to a temporary name and renamed into place, never rewritten."""
+
+    def __init__(self, f: h5py.File, path: Path):
+        self._path = path
+        fd = f.id.get_vfd_handle()
+        self._size = os.fstat(fd).st_size
+        self._map = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+        self._bytes = np.frombuffer(self._map, dtype=np.uint8)
+
+    def view(self, ds: h5py.Dataset, name: str) -> np.ndarray:
+        """The dataset's data as a read-only array on the map (or read by h5py when the
+        dataset has no storage: its fill values)."""
+        _check_layout(ds, name, self._path)
+        offset = ds.id.get_offset()
+        if offset is None:
+            return ds[()]
+        end = offset + ds.size * ds.dtype.itemsize
+        if ds.id.get_storage_size() != end - offset or end > self._size:
+            raise ModelFileError(f"{self._path}: {name}: its data (bytes {offset}-{end}) does not lie within the "
+                                 f"file's {self._size} bytes: the file is truncated or corrupt")
+        return self._bytes[offset:end].view(ds.dtype).reshape(ds.shape)
+
+    def release(self, array: np.ndarray) -> None:
+        """Drop the array's pages from the process, and those within FAULT_AROUND of it: a
+        fault maps the neighbouring pages too, and would leave a little of each tensor
+        resident otherwise."""
+        start = array.ctypes.data - self._bytes.ctypes.data
+        if hasattr(mmap, "MADV_DONTNEED") and 0 <= start < self._size:   # not a fill-value array
+            first = max(0, start - FAULT_AROUND) // mmap.PAGESIZE * mmap.PAGESIZE
+            end = min(self._size, start + array.nbytes + FAULT_AROUND)
+            self._map.madvise(mmap.MADV_DONTNEED, first, end - first)
+
+    def released(self, fn, array, *args):
+        """fn(array, *args), then release(array): for the hasher thread."""
+        try:
+            return fn(array, *args)
+        finally:
+            self.release(array)
+
+    def close(self) -> None:
+        del self._bytes
+        try:
+            self._map.close()
+        except BufferError:   # an array on it is still referenced (a failed read's traceback): unmapped when it goes
+            pass
 
 
 def _verified(array, stored: str, name: str, path: Path) -> str:
