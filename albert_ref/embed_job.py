@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from albert_ref.atomic import atomic_output, exclusive_folder
 from albert_ref.embed_inputs import Inputs
@@ -51,8 +50,9 @@ class Settings:
     chunk_rows: int
 
 
-def progress_bar(total: int, initial: int = 0) -> tqdm:
+def progress_bar(total: int, initial: int = 0):
     """texts/s and ETA on stderr when it is a terminal; nothing otherwise."""
+    from tqdm import tqdm   # here: importing it costs every command ~20 ms
     return tqdm(total=total, initial=initial, unit="text", file=sys.stderr, disable=not sys.stderr.isatty(),
                 dynamic_ncols=True)
 

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import sentencepiece as spm
 
 from . import hf_fast, spm_proto
 from .errors import InputError, TokenizerError
@@ -97,7 +96,8 @@ class Tokenizer:
         if not self.spm_model:
             raise TokenizerError("sentencepiece model is empty (0 bytes)")
         try:
-            self._sp = spm.SentencePieceProcessor(model_proto=self.spm_model)
+            import sentencepiece   # here, not at import: reading a model file needs only the options
+            self._sp = sentencepiece.SentencePieceProcessor(model_proto=self.spm_model)
         except RuntimeError as e:
             raise TokenizerError(f"corrupt sentencepiece model "
                                  f"({len(self.spm_model)} bytes): {e}") from e
