@@ -28,8 +28,8 @@ import sys
 import tempfile
 import time
 
-# The CLI; the "without" arm switches the compile helpers off (the only difference).
-_CLI = "import sys; from albert_ref import cli; sys.exit(cli.main(sys.argv[1:]))"
+# The console script; the "without" arm switches the compile helpers off (the only difference).
+_CLI = "import sys; from albert_ref import cli; sys.exit(cli.console_main())"
 
 
 def _run(arm, argv, cache):
