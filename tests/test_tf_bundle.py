@@ -163,6 +163,45 @@ def test_truncated_data(tiny):
         read_bundle(tiny)
 
 
+def test_a_shard_that_shrinks_while_read_is_named_truncated(tiny, monkeypatch):
+    """The shard is cut after its size was checked (another process rewriting it): the read
+    ends early, and says so rather than handing on zero-filled tensors."""
+    from albert_ref.weights import tf_bundle
+    shard = data_shard(tiny)
+    full = shard.stat().st_size
+    real_fstat = tf_bundle.os.fstat
+
+    def fstat_then_cut(fd):
+        st = real_fstat(fd)
+        shard.write_bytes(shard.read_bytes()[:-3])
+        return st
+    monkeypatch.setattr(tf_bundle.os, "fstat", fstat_then_cut)
+    with pytest.raises(ConversionError, match=rf"data-00000-of-00001: short read: the file ended at byte "
+                                              rf"{full - 3} \({full} when opened\): the shard is truncated"):
+        read_bundle(tiny)
+
+
+@pytest.mark.parametrize("block", [1, 7, 64])
+def test_reads_in_blocks_smaller_than_a_tensor(monkeypatch, block):
+    """Checkpoints far larger than the read size (_BLOCK, 16 MiB): tensors assembled from
+    several reads, reads that end before the next tensor starts; the same arrays and digests."""
+    from albert_ref.weights import tf_bundle
+    prefix = prefix_of(FIXTURES / "sharded")
+    want_digests, got_digests = {}, {}
+    want = read_bundle(prefix, digests=want_digests)
+    monkeypatch.setattr(tf_bundle, "_BLOCK", block)
+    got = read_bundle(prefix, keep=lambda name: name != "global_step", digests=got_digests)
+    assert got_digests == want_digests
+    for name, array in got.items():
+        assert array.tobytes() == want[name].tobytes(), name
+
+
+def test_an_empty_shard_of_empty_tensors(tmp_path):
+    write_bundle(tmp_path / "x", [header(), entry("e", 1, [0, 3], 0, b"")], b"")
+    got = read_bundle(tmp_path / "x")
+    assert got["e"].shape == (0, 3) and got["e"].dtype == np.float32
+
+
 def test_missing_data_shard(tmp_path):
     for f in (FIXTURES / "sharded").glob("model.ckpt.*"):
         shutil.copy(f, tmp_path / f.name)
