@@ -101,10 +101,9 @@ def _from_sentence_transformers(src: Path) -> ModelFile:
 
 
 def _hf_model_file(hf, source_format: str, sources: dict, notes, extra_tensors=None, pipeline=None) -> ModelFile:
-    """A Hugging Face model's file: its tokenizer in a Hugging Face flavour (the slow one
-    unless its options name the fast one), provenance naming the source."""
-    options = {"flavour": "huggingface", **hf.tokenizer_options}
-    return ModelFile(hf.config, {**hf.tensors, **(extra_tensors or {})}, hf.spm_model, options,
+    """A Hugging Face model's file: its tokenizer as read (hf_source picks the flavour),
+    provenance naming the source."""
+    return ModelFile(hf.config, {**hf.tensors, **(extra_tensors or {})}, hf.spm_model, hf.tokenizer_options,
                      {"source_format": source_format, "sources": sources, "converter": converter_version(),
                       "notes": list(notes)}, pipeline=pipeline)
 
