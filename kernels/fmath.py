@@ -22,6 +22,9 @@ are measured by benchmarks/ulp_sweep.py and recorded in NUMERICS.md.
 """
 from __future__ import annotations
 
+import math
+import struct
+
 import numpy as np
 from llvmlite import ir
 from numba import config, njit, types
@@ -76,7 +79,7 @@ def as_float32(typingctx, n):
 # --- the same three in pure Python (NumPy scalars or arrays), bit for bit ------------------
 
 def fma_exact(a, b, c):
-    """float32 fma(a, b, c), one rounding (elementwise over arrays), in float64 arithmetic.
+    """float32 fma(a, b, c) of NumPy float32 scalars, one rounding, in float64 arithmetic.
 
     a*b is exact in float64 (48 significant bits). p + c rounded to float64 and then to
     float32 would round twice, and that differs: fma(2^-12 (1 + 2^-18), 2^-12 (1 - 2^-18),
@@ -85,19 +88,26 @@ def fma_exact(a, b, c):
     rounded to odd instead (TwoSum gives its exact error; an inexact sum with an even last
     bit moves one float64 ulp towards the error), and a sum rounded to odd at 53 bits rounds
     to nearest at 24 correctly (53 >= 24 + 2; Boldo and Melquiond), float32 subnormals and
-    overflow included. Operands must be float32, as the intrinsic's typing demands."""
-    a, b, c = np.asarray(a), np.asarray(b), np.asarray(c)
-    if not a.dtype == b.dtype == c.dtype == np.float32:
-        raise TypeError(f"fma: float32 operands only, got {a.dtype}, {b.dtype}, {c.dtype}")
-    with np.errstate(invalid="ignore", over="ignore"):       # inf * 0, inf - inf: NaN, as the FMA gives
-        p = a.astype(np.float64) * b
-        c64 = c.astype(np.float64)
-        s = p + c64
+    overflow included. Scalar Python float arithmetic (the CUDA simulator calls it once per
+    element); operands must be float32, as the intrinsic's typing demands."""
+    if not type(a) is type(b) is type(c) is np.float32:
+        raise TypeError(f"fma: float32 operands only, got {type(a).__name__}, {type(b).__name__}, "
+                        f"{type(c).__name__}")
+    p = float(a) * float(b)
+    cf = float(c)
+    s = p + cf
+    if math.isfinite(s):
         t = s - p
-        err = (p - (s - t)) + (c64 - t)           # s + err == p + c exactly, where s is finite
-        even_inexact = np.isfinite(s) & (err != 0.0) & (s.view(np.int64) & 1 == 0)
-        s = np.where(even_inexact, np.nextafter(s, np.copysign(np.inf, err)), s)
-        return s.astype(np.float32)[()]
+        err = (p - (s - t)) + (cf - t)            # s + err == p + c exactly
+        if err != 0.0 and not _INT64.unpack(_FLOAT64.pack(s))[0] & 1:
+            s = math.nextafter(s, math.copysign(math.inf, err))
+    if abs(s) >= _F32_ROUNDS_TO_INF:
+        return np.float32(math.copysign(math.inf, s))      # overflow, without NumPy's cast warning
+    return np.float32(s)
+
+
+_FLOAT64, _INT64 = struct.Struct("<d"), struct.Struct("<q")
+_F32_ROUNDS_TO_INF = float.fromhex("0x1.ffffffp+127")   # FLT_MAX + half an ulp: the tie rounds to inf
 
 
 def float32_bits(x):

@@ -218,15 +218,16 @@ def make_micro(mr, nr, vw, unroll):
 
 
 def micro_exact(mr, nr, a, a_off, a_ks, a_rs, b, b_off, kc, c, c_off, ldc, accumulate):
-    """The micro-kernel in NumPy, the same arithmetic in the same order (a tile's fma steps at
-    once, elementwise): its stand-in where Numba runs kernels as Python."""
-    a_rows = a_off + a_rs * np.arange(mr)[:, None]
-    tile = c_off + ldc * np.arange(mr)[:, None] + np.arange(nr)
+    """The micro-kernel in Python, one fma at a time in its order: its stand-in where Numba
+    runs kernels as Python."""
     for kb in range(0, max(kc, 1), KB):
-        acc = np.zeros((mr, nr), dtype=np.float32)
-        for k in range(kb, min(kb + KB, kc)):
-            acc = fma_exact(a[a_rows + k * a_ks], b[b_off + k * nr:b_off + (k + 1) * nr], acc)
-        c[tile] = c[tile] + acc if accumulate or kb else acc
+        for r in range(mr):
+            for n in range(nr):
+                acc = _F32(0.0)
+                for k in range(kb, min(kb + KB, kc)):
+                    acc = fma_exact(a[a_off + r * a_rs + k * a_ks], b[b_off + k * nr + n], acc)
+                i = c_off + r * ldc + n
+                c[i] = c[i] + acc if accumulate or kb else acc
 
 
 # --- fast: packing and the tiled driver -------------------------------------------------------

@@ -35,6 +35,11 @@ def fma_llvm(a, b, c):
     return out
 
 
+def fma_exact_map(a, b, c):
+    """fma_exact, elementwise."""
+    return np.array([fma_exact(x, y, z) for x, y, z in zip(a, b, c)], dtype=F)
+
+
 def fma_fraction(a, b, c) -> F:
     """a*b + c of finite float32s, exact in rationals, rounded once to float32 (to nearest,
     ties to even; 2^-149 quanta below 2^-126; overflow at FLT_MAX + half an ulp)."""
@@ -107,20 +112,18 @@ def test_fma_exact_matches_llvm_fma_near_midpoints():
     want = fma_llvm(a, b, c)
     double_rounded = (a.astype(np.float64) * b + c).astype(F)
     assert np.any(bits(double_rounded) != bits(want))      # the set holds cases that tell the two apart
-    assert_equal_bits(fma_exact(a, b, c), want)
+    assert_equal_bits(fma_exact_map(a, b, c), want)
     assert all(bits(fma_fraction(*t)) == bits(w) for t, w in zip(zip(a[:300], b[:300], c[:300]), want[:300]))
 
 
 def test_fma_exact_matches_llvm_fma_elementwise_with_specials():
-    """Arrays (as micro_exact uses it) and the IEEE special cases: signed zeros, subnormal
+    """Cancellation, scaled products and the IEEE special cases: signed zeros, subnormal
     results, overflow, infinities, NaN."""
     a, b, c = _adversarial(np.random.default_rng(1), 6000)
     specials = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1e-45, -1e-45, 1.0, 3.4e38], dtype=F)
     grid = np.array(np.meshgrid(specials, specials, specials)).reshape(3, -1).astype(F)
     a, b, c = (np.concatenate([v, g]) for v, g in zip((a, b, c), grid))
-    assert_equal_bits(fma_exact(a, b, c), fma_llvm(a, b, c))
-    scalars = np.array([fma_exact(x, y, z) for x, y, z in zip(a[:400], b[:400], c[:400])], dtype=F)
-    assert_equal_bits(scalars, fma_llvm(a[:400], b[:400], c[:400]))
+    assert_equal_bits(fma_exact_map(a, b, c), fma_llvm(a, b, c))
 
 
 finite32 = st.floats(width=32, allow_nan=False, allow_infinity=False).map(F)
@@ -143,6 +146,8 @@ def test_fma_exact_refuses_other_than_float32():
     import pytest
     with pytest.raises(TypeError):
         fma_exact(F(1.0), 2.0, F(0.0))
+    with pytest.raises(TypeError):
+        fma_exact(F(1.0), np.float64(2.0), F(0.0))
 
 
 # A tiny model under NUMBA_DISABLE_JIT in a subprocess: every kernel (embedding, LayerNorm,
