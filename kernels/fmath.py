@@ -76,7 +76,7 @@ def as_float32(typingctx, n):
     return types.float32(types.int32), codegen
 
 
-# --- the same three in pure Python (NumPy scalars or arrays), bit for bit ------------------
+# --- the same three in pure Python (NumPy float32 scalars), bit for bit ---------------------
 
 def fma_exact(a, b, c):
     """float32 fma(a, b, c) of NumPy float32 scalars, one rounding, in float64 arithmetic.
