@@ -16,7 +16,12 @@ from albert_ref.pooling import TOKEN_POOLERS
 
 # sentence-transformers' names, in the order its legacy boolean flags list them.
 POOLING_MODES = tuple(TOKEN_POOLERS)  # the modes pooling.py implements
-DENSE_ACTIVATIONS = ("tanh", "linear", "relu", "gelu_erf")
+# A Dense layer's activation_function as sentence-transformers saves it (a torch module's
+# class path) -> the contract's activation (config.ACTIVATIONS): the one list of the
+# activations a pipeline's Dense layers may use (weights/FORMAT.md).
+ST_DENSE_ACTIVATIONS = {"torch.nn.modules.activation.Tanh": "tanh", "torch.nn.modules.linear.Identity": "linear",
+                        "torch.nn.modules.activation.ReLU": "relu", "torch.nn.modules.activation.GELU": "gelu_erf"}
+DENSE_ACTIVATIONS = tuple(ST_DENSE_ACTIVATIONS.values())
 DENSE_PREFIX = "pipeline/dense_"
 
 

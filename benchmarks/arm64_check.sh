@@ -8,8 +8,10 @@
 #   * an arm64 CPython 3.11: Debian's python3.11:arm64 and the arm64 libraries it needs,
 #     downloaded with `apt-get download` (after `dpkg --add-architecture arm64`) and unpacked
 #     into a sysroot, never installed: the host's own python3 stays untouched;
-#   * the aarch64 wheels of albert-ref's dependencies, pinned to the versions of the host's
-#     interpreter (`pip download --platform ..._aarch64`), unpacked with `pip install --target`;
+#   * the aarch64 wheels of albert-ref's dependencies (pyproject.toml's [project] dependencies
+#     and, from the host's installed metadata, theirs, markers evaluated for CPython 3.11 on
+#     Linux aarch64), pinned to the versions of the host's interpreter (`pip download
+#     --platform ..._aarch64`), unpacked with `pip install --target`;
 #   * albert-ref itself, built from this checkout (pure Python) into its own target directory.
 # Then, under qemu-aarch64 (no binfmt registration needed), holding the benchmark lock:
 #   smoke   the smallest proof of the pipeline: numpy, an @njit function, the kernel variant
@@ -42,8 +44,6 @@ DEBS="python3.11-minimal libpython3.11-minimal libpython3.11-stdlib libc6 libgcc
       libexpat1 zlib1g libbz2-1.0 liblzma5 libzstd1 libffi8 libssl3 libsqlite3-0 libuuid1 libcrypt1
       libncursesw6 libtinfo6 libreadline8 libdb5.3 libnsl2 libtirpc3 libgssapi-krb5-2 libkrb5-3
       libk5crypto3 libkrb5support0 libkeyutils1 libcom-err2"
-# Wheels for the check: the engine's dependencies (pyproject.toml), at the host's versions.
-WHEELS="numpy numba llvmlite h5py sentencepiece crc32c safetensors tqdm"
 PLATFORMS="manylinux_2_28_aarch64 manylinux_2_27_aarch64 manylinux_2_24_aarch64 manylinux_2_17_aarch64 manylinux2014_aarch64"
 
 say() { printf '\n== %s (%ds)\n' "$*" "$SECONDS"; }
@@ -70,10 +70,39 @@ setup_sysroot() {
 
 setup_wheels() {
     local pins
-    pins=$("$PY" - $WHEELS <<'EOF'
+    # The engine's dependencies (pyproject.toml) and theirs, at the host's versions: the wheels
+    # the arm64 interpreter needs, read where they are declared so that the list cannot drift.
+    pins=$("$PY" - "$REPO/pyproject.toml" <<'EOF'
 import sys
-from importlib.metadata import version
-print(" ".join(f"{name}=={version(name)}" for name in sys.argv[1:]))
+from importlib.metadata import PackageNotFoundError, distribution
+try:
+    import tomllib
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+except ImportError:  # Python 3.10, or no packaging: pip's vendored copies
+    from pip._vendor import tomli as tomllib
+    from pip._vendor.packaging.requirements import Requirement
+    from pip._vendor.packaging.utils import canonicalize_name
+TARGET = dict(os_name="posix", sys_platform="linux", platform_system="Linux", platform_machine="aarch64",
+              implementation_name="cpython", platform_python_implementation="CPython",
+              python_version="3.11", python_full_version="3.11.2")
+with open(sys.argv[1], "rb") as f:
+    todo = [(Requirement(r), "") for r in tomllib.load(f)["project"]["dependencies"]]
+pins = {}
+while todo:
+    req, extra = todo.pop()
+    if req.marker is not None and not req.marker.evaluate({**TARGET, "extra": extra}):
+        continue
+    name = canonicalize_name(req.name)
+    if name in pins:
+        continue
+    try:
+        dist = distribution(req.name)
+    except PackageNotFoundError:
+        sys.exit(f"{req.name} is not installed for {sys.executable}: its version pins the arm64 wheel (set PYTHON)")
+    pins[name] = dist.version
+    todo += [(Requirement(r), e) for r in dist.requires or () for e in ("", *req.extras)]
+print(" ".join(f"{name}=={version}" for name, version in sorted(pins.items())))
 EOF
 )
     if [ -f "$SITE/.pins" ] && [ "$(cat "$SITE/.pins")" = "$pins" ]; then echo "aarch64 wheels: $SITE (present: $pins)"; return; fi

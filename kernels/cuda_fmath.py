@@ -28,7 +28,7 @@ to fmath.py is an edit to the device code too.
 Simulator (NUMBA_ENABLE_CUDASIM=1, read when numba.cuda is first imported): kernels run
 as Python, where `cuda.fma` rounds twice and libdevice does not exist. The same names
 are then bound to exact Python float32 arithmetic (NumPy float32 scalars round every
-+ - * / once; `_fma_sim` is a correctly rounded fused multiply-add), so that the simulator
++ - * / once; fmath's `fma_exact` is a correctly rounded fused multiply-add), so that the simulator
 checks the kernels' logic bit for bit against the reference kernels. Each also refuses a
 float64 operand, the simulator's twin of the device typing error below.
 """
@@ -37,8 +37,6 @@ from __future__ import annotations
 import ast
 import contextlib
 import inspect
-import math
-import struct
 import types
 
 import numpy as np
@@ -57,7 +55,6 @@ def _simulator_enabled() -> bool:
 
 SIM = _simulator_enabled()
 SIMULATOR_LOCKED = False  # lock_simulated_shared_arrays() installed (simulator only)
-_F32 = np.float32
 
 
 # --- the primitives -------------------------------------------------------------------------
@@ -86,28 +83,7 @@ if SIM:
     def sqrt32(a):
         return _check(np.sqrt(a), "sqrt32")
 
-    _pack_d = struct.Struct("<d")
-    _pack_q = struct.Struct("<q")
-
-    def _fma_sim(a, b, c):
-        """float32 fma(a, b, c) with one rounding, from exact binary64 arithmetic: the product
-        of two float32 is exact in binary64 (48 bits); p + c is computed with a TwoSum, and
-        rounding it to odd at 53 bits then to nearest at 24 gives the correctly rounded
-        result (53 >= 24 + 2), subnormal float32 results included."""
-        for v in (a, b, c):
-            if type(v) is not np.float32:
-                raise TypeError(f"fma32: operands must be float32, got {type(v).__name__}")
-        p = float(a) * float(b)
-        cc = float(c)
-        s = p + cc
-        if math.isfinite(s):
-            t = s - p
-            err = (p - (s - t)) + (cc - t)
-            if err != 0.0 and not _pack_q.unpack(_pack_d.pack(s))[0] & 1:
-                s = math.nextafter(s, math.inf if err > 0.0 else -math.inf)
-        return _F32(s)
-
-    fma32 = _fma_sim
+    fma32 = _fm.fma_exact   # one rounding, like fma.rn.f32
 
     def lock_simulated_shared_arrays():
         """numba-cuda's simulator creates a block's shared array on first use with an
@@ -142,11 +118,8 @@ if SIM:
 
         kernelapi.FakeCUDAShared.array = array
 
-    def as_int32(x):
-        return _F32(x).view(np.int32)
-
-    def as_float32(n):
-        return np.int32(n).view(np.float32)
+    as_int32 = _fm.float32_bits
+    as_float32 = _fm.float32_from_bits
 
     def device_function(fn):
         return fn

@@ -11,6 +11,10 @@ SVML), whose bits vary between machines.
 The functions are branch-free (selects only) so that loops calling them vectorise; they
 are `inline="always"` so that the vectoriser sees through them.
 
+Under NUMBA_DISABLE_JIT=1 (Numba's debugging mode: every @njit function runs as Python)
+the three intrinsics, which exist only as LLVM code, are bound to their pure-Python
+twins `fma_exact`, `float32_bits` and `float32_from_bits`, which give the same bits.
+
 Coefficients: fitted offline (Lawson-weighted least squares in float64, rounded to
 float32; the fitting script is not part of this repository). The float32 values written
 here are normative as they stand (NUMERICS.md section 7 lists them); their maximum errors
@@ -18,9 +22,12 @@ are measured by benchmarks/ulp_sweep.py and recorded in NUMERICS.md.
 """
 from __future__ import annotations
 
+import math
+import struct
+
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
+from numba import config, njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -67,6 +74,54 @@ def as_float32(typingctx, n):
         return builder.bitcast(args[0], ir.FloatType())
 
     return types.float32(types.int32), codegen
+
+
+# --- the same three in pure Python (NumPy float32 scalars), bit for bit ---------------------
+
+def fma_exact(a, b, c):
+    """float32 fma(a, b, c) of NumPy float32 scalars, one rounding, in float64 arithmetic.
+
+    a*b is exact in float64 (48 significant bits). p + c rounded to float64 and then to
+    float32 would round twice, and that differs: fma(2^-12 (1 + 2^-18), 2^-12 (1 - 2^-18),
+    1 + 2^-23) is exactly 1 + 3*2^-24 - 2^-60, just under a float32 midpoint; float64 rounds
+    it onto the midpoint and float32 then ties to 1 + 2^-22, not 1 + 2^-23. So p + c is
+    rounded to odd instead (TwoSum gives its exact error; an inexact sum with an even last
+    bit moves one float64 ulp towards the error), and a sum rounded to odd at 53 bits rounds
+    to nearest at 24 correctly (53 >= 24 + 2; Boldo and Melquiond), float32 subnormals and
+    overflow included. Scalar Python float arithmetic (the CUDA simulator calls it once per
+    element); operands must be float32, as the intrinsic's typing demands."""
+    if not type(a) is type(b) is type(c) is np.float32:
+        raise TypeError(f"fma: float32 operands only, got {type(a).__name__}, {type(b).__name__}, "
+                        f"{type(c).__name__}")
+    p = float(a) * float(b)
+    cf = float(c)
+    s = p + cf
+    if math.isfinite(s):
+        t = s - p
+        err = (p - (s - t)) + (cf - t)            # s + err == p + c exactly
+        if err != 0.0 and not _INT64.unpack(_FLOAT64.pack(s))[0] & 1:
+            s = math.nextafter(s, math.copysign(math.inf, err))
+    if abs(s) >= _F32_ROUNDS_TO_INF:
+        return np.float32(math.copysign(math.inf, s))      # overflow, without NumPy's cast warning
+    return np.float32(s)
+
+
+_FLOAT64, _INT64 = struct.Struct("<d"), struct.Struct("<q")
+_F32_ROUNDS_TO_INF = float.fromhex("0x1.ffffffp+127")   # FLT_MAX + half an ulp: the tie rounds to inf
+
+
+def float32_bits(x):
+    """as_int32 in pure Python."""
+    return np.float32(x).view(np.int32)
+
+
+def float32_from_bits(n):
+    """as_float32 in pure Python."""
+    return np.int32(n).view(np.float32)
+
+
+if config.DISABLE_JIT:
+    fma, as_int32, as_float32 = fma_exact, float32_bits, float32_from_bits
 
 
 _JIT = dict(cache=True, inline="always", error_model="numpy")

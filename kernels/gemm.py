@@ -24,13 +24,15 @@ namespace. This module defines none of the four.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
+from numba import config, njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .fmath import fma, gelu_erf32, gelu_tanh32, relu32, tanh32
+from .fmath import fma, fma_exact, gelu_erf32, gelu_tanh32, relu32, tanh32
 
 KB = 128      # contract: dot-product block length
 
@@ -90,7 +92,9 @@ def make_micro(mr, nr, vw, unroll):
     k loop unrolled `unroll` times (fewer loop-control instructions per FMA: 4-wide
     front ends such as Haswell's are close to their limit otherwise). It prefetches the C
     tile's lines for writing before its first block, so that folding a block into C, after
-    hundreds of FMA cycles, finds them in L1."""
+    hundreds of FMA cycles, finds them in L1. Under NUMBA_DISABLE_JIT, `micro_exact`."""
+    if config.DISABLE_JIT:
+        return functools.partial(micro_exact, mr, nr)
     nv = nr // vw
 
     @intrinsic
@@ -211,6 +215,19 @@ def make_micro(mr, nr, vw, unroll):
         return sig, codegen
 
     return micro
+
+
+def micro_exact(mr, nr, a, a_off, a_ks, a_rs, b, b_off, kc, c, c_off, ldc, accumulate):
+    """The micro-kernel in Python, one fma at a time in its order: its stand-in where Numba
+    runs kernels as Python."""
+    for kb in range(0, max(kc, 1), KB):
+        for r in range(mr):
+            for n in range(nr):
+                acc = _F32(0.0)
+                for k in range(kb, min(kb + KB, kc)):
+                    acc = fma_exact(a[a_off + r * a_rs + k * a_ks], b[b_off + k * nr + n], acc)
+                i = c_off + r * ldc + n
+                c[i] = c[i] + acc if accumulate or kb else acc
 
 
 # --- fast: packing and the tiled driver -------------------------------------------------------

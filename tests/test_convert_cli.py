@@ -1,5 +1,7 @@
 """`albert-ref convert | run | tokenize | info | verify` as a user runs them, and failed
 conversions that must leave nothing behind."""
+import gzip
+import io
 import json
 import os
 import shutil
@@ -135,15 +137,92 @@ def test_failed_conversion_message(tmp_path, capsys):
     assert "no albert_config.json" in capsys.readouterr().err
 
 
-def test_truncated_hub_archive(tmp_path):
+def hub_archive(path: Path, gz: bool = True, compresslevel: int = 9, padding: int = 0) -> Path:
+    """HUB as a downloaded TF-Hub archive: .tar.gz (gz) or plain .tar, `padding` zero bytes
+    after the tar's end-of-archive marker (as tar's blocking factor adds)."""
     import tarfile
-    archive = tmp_path / "m.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
+    body = io.BytesIO()
+    with tarfile.open(fileobj=body, mode="w") as tar:
         tar.add(HUB / "variables", arcname="variables")
         tar.add(HUB / "assets", arcname="assets")
-    archive.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    data = body.getvalue() + bytes(padding)
+    path.write_bytes(gzip.compress(data, compresslevel, mtime=0) if gz else data)
+    return path
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_hub_archive_converts_as_its_directory(hub_h5, tmp_path, gz):
+    from albert_ref.weights.model_file import read_model
+    archive = hub_archive(tmp_path / ("m.tar.gz" if gz else "m.tar"), gz)
+    assert main(["convert", str(archive), str(tmp_path / "m.h5")]) == 0
+    got, want = read_model(tmp_path / "m.h5"), read_model(hub_h5)
+    assert got.provenance["source_format"] == "tf_hub_module" and archive.name in got.provenance["sources"]
+    assert got.tensors.keys() == want.tensors.keys()
+    assert all(got.tensors[k].tobytes() == want.tensors[k].tobytes() for k in want.tensors)
+
+
+def _flip(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x20
+    path.write_bytes(bytes(data))
+
+
+# A stored (level 0) gzip inflates a flipped byte without complaint: only its CRC-32, at the
+# stream's end, tells. Flipped in the first tar header (tarfile fails first) or in the last
+# member's data (tarfile succeeds), it is the download that is damaged.
+@pytest.mark.parametrize("name, damage, message", [
+    ("m.tar.gz", lambda a: a.write_bytes(a.read_bytes()[: a.stat().st_size // 2]), "damaged gzip stream"),
+    ("m.tar.gz", lambda a: _flip(a, 10 + 5 + 100), "damaged gzip stream"),
+    ("m.tar.gz", lambda a: _flip(a, a.stat().st_size - 8 - 1024 - 2000), "damaged gzip stream"),
+    ("m.tar.gz", lambda a: a.write_bytes(a.read_bytes()[:-3]), "damaged gzip stream"),
+    ("m.tar", lambda a: a.write_bytes(a.read_bytes()[: a.stat().st_size // 2]), "unreadable archive"),
+])
+def test_damaged_hub_archive_is_named_and_leaves_no_file(tmp_path, capsys, name, damage, message):
+    archive = hub_archive(tmp_path / name, name.endswith(".gz"), compresslevel=0)
+    damage(archive)
     assert main(["convert", str(archive), str(tmp_path / "m.h5")]) == 2
+    assert message in capsys.readouterr().err
     assert not (tmp_path / "m.h5").exists()
+
+
+def test_sound_gzip_of_a_truncated_tar_is_an_unreadable_archive(tmp_path, capsys):
+    archive = hub_archive(tmp_path / "m.tar", gz=False)
+    (tmp_path / "m.tar.gz").write_bytes(gzip.compress(archive.read_bytes()[: archive.stat().st_size // 2]))
+    assert main(["convert", str(tmp_path / "m.tar.gz"), str(tmp_path / "m.h5")]) == 2
+    err = capsys.readouterr().err
+    assert "unreadable archive" in err and "damaged gzip" not in err
+
+
+@pytest.mark.parametrize("gz, damaged", [(True, False), (True, True), (False, False)])
+def test_hub_archive_is_read_once(tmp_path, monkeypatch, gz, damaged):
+    """One pass over the archive gives the modules, the gzip checks and the provenance's
+    SHA-256: a damaged gzip is not decompressed again to name the damage, a plain tar's
+    padding is not parsed, and the digest is not taken by reading the file again."""
+    import builtins
+    archive = hub_archive(tmp_path / ("m.tar.gz" if gz else "m.tar"), gz, padding=0 if gz else 1 << 20)
+    if damaged:
+        _flip(archive, archive.stat().st_size - 8 - 1024 - 2000)
+    read = []
+    real_open = builtins.open
+
+    class Counting(io.BufferedReader):
+        def read(self, size=-1):
+            data = super().read(size)
+            read.append(len(data))
+            return data
+
+    def counting_open(file, mode="r", *args, **kwargs):
+        if isinstance(file, (str, Path)) and Path(file) == archive:
+            return Counting(real_open(file, "rb", buffering=0))
+        return real_open(file, mode, *args, **kwargs)
+    monkeypatch.setattr(builtins, "open", counting_open)
+    status = main(["convert", str(archive), str(tmp_path / "m.h5")])
+    monkeypatch.undo()
+    assert status == (2 if damaged else 0)
+    assert sum(read) <= archive.stat().st_size + 2      # + the magic bytes, read before the pass
+    if not damaged:
+        from albert_ref.weights.model_file import file_sha256, read_model
+        assert read_model(tmp_path / "m.h5").provenance["sources"][archive.name] == file_sha256(archive)
 
 
 def test_unknown_source(tmp_path, capsys):

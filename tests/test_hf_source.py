@@ -213,7 +213,8 @@ def test_round_trip_is_bitwise(tmp_path, fmt, cls_name, config_name):
     assert result.sources == {name: hashlib.sha256((tmp_path / name).read_bytes()).hexdigest()
                               for name in ("config.json", weights)}
     assert result.spm_model is None and result.notes == ()
-    assert result.tokenizer_options == {"do_lower_case": True, "keep_accents": False, "remove_space": True}
+    assert result.tokenizer_options == {"flavour": "huggingface", "do_lower_case": True, "keep_accents": False,
+                                        "remove_space": True}
 
 
 @pytest.mark.parametrize("fmt", ["safetensors", "bin"])
@@ -293,7 +294,8 @@ def test_optional_files_and_task_heads(tmp_path):
                              if k.startswith("albert.")})
     assert_bitwise_equal(result.tensors, expected_tensors(encoder))
     assert result.spm_model == b"\x0a\x03spm"
-    assert result.tokenizer_options == {"do_lower_case": False, "keep_accents": True, "remove_space": True}
+    assert result.tokenizer_options == {"flavour": "huggingface", "do_lower_case": False, "keep_accents": True,
+                                        "remove_space": True}
     assert set(result.sources) == {"config.json", "model.safetensors", "spiece.model", "tokenizer_config.json"}
     assert result.sources["spiece.model"] == hashlib.sha256(b"\x0a\x03spm").hexdigest()
     assert any("classifier.weight" in note for note in result.notes)

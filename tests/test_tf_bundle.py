@@ -163,6 +163,45 @@ def test_truncated_data(tiny):
         read_bundle(tiny)
 
 
+def test_a_shard_that_shrinks_while_read_is_named_truncated(tiny, monkeypatch):
+    """The shard is cut after its size was checked (another process rewriting it): the read
+    ends early, and says so rather than handing on zero-filled tensors."""
+    from albert_ref.weights import tf_bundle
+    shard = data_shard(tiny)
+    full = shard.stat().st_size
+    real_fstat = tf_bundle.os.fstat
+
+    def fstat_then_cut(fd):
+        st = real_fstat(fd)
+        shard.write_bytes(shard.read_bytes()[:-3])
+        return st
+    monkeypatch.setattr(tf_bundle.os, "fstat", fstat_then_cut)
+    with pytest.raises(ConversionError, match=rf"data-00000-of-00001: short read: the file ended at byte "
+                                              rf"{full - 3} \({full} when opened\): the shard is truncated"):
+        read_bundle(tiny)
+
+
+@pytest.mark.parametrize("block", [1, 7, 64])
+def test_reads_in_blocks_smaller_than_a_tensor(monkeypatch, block):
+    """Checkpoints far larger than the read size (_BLOCK, 16 MiB): tensors assembled from
+    several reads, reads that end before the next tensor starts; the same arrays and digests."""
+    from albert_ref.weights import tf_bundle
+    prefix = prefix_of(FIXTURES / "sharded")
+    want_digests, got_digests = {}, {}
+    want = read_bundle(prefix, digests=want_digests)
+    monkeypatch.setattr(tf_bundle, "_BLOCK", block)
+    got = read_bundle(prefix, keep=lambda name: name != "global_step", digests=got_digests)
+    assert got_digests == want_digests
+    for name, array in got.items():
+        assert array.tobytes() == want[name].tobytes(), name
+
+
+def test_an_empty_shard_of_empty_tensors(tmp_path):
+    write_bundle(tmp_path / "x", [header(), entry("e", 1, [0, 3], 0, b"")], b"")
+    got = read_bundle(tmp_path / "x")
+    assert got["e"].shape == (0, 3) and got["e"].dtype == np.float32
+
+
 def test_missing_data_shard(tmp_path):
     for f in (FIXTURES / "sharded").glob("model.ckpt.*"):
         shutil.copy(f, tmp_path / f.name)
@@ -345,4 +384,75 @@ def test_refuses_compressed_blocks(tmp_path):
     records, data = one_tensor()
     write_bundle(tmp_path / "x", records, data, compression=1)
     with pytest.raises(ConversionError, match=r"compressed \(type 1\)"):
+        read_bundle(tmp_path / "x")
+
+
+def _entry_fields(name: bytes, *fields: bytes) -> tuple[bytes, bytes]:
+    return name, b"".join(fields)
+
+
+_W = np.ones(2, "<f4").tobytes()
+_CRC = varint(6 << 3 | 5) + struct.pack("<I", _masked(_W))
+_DIMS = _field(2, _field(2, _field(1, 2)))  # shape [2]
+
+
+# Entries and headers TF never writes, each refused with a message naming what is wrong
+# (the reader's remaining checks on bundle entries; the SSTable's are above).
+@pytest.mark.parametrize("records, message", [
+    ([(b"", _field(1, 1) + _field(3, _field(1, 1) + _field(3, varint(1)))),  # packed bad_consumers
+      entry("w", 1, [2], 0, _W)], "unsupported tensor bundle version .*bad_consumers \\[1\\]"),
+    ([header(), _entry_fields(b"w", _field(1, b"x"), _DIMS, _field(5, 8), _CRC)], "field 1 has wire type 2"),
+    ([header(), _entry_fields(b"w\xff", _field(1, 1), _DIMS, _field(5, 8), _CRC)], "is not valid UTF-8"),
+    ([header(), _entry_fields(b"w", _field(1, 1), _DIMS, _field(3, 1), _field(5, 8), _CRC)],
+     "tensor 'w': shard id 1 is outside the bundle's 1 shards"),
+    ([header(), _entry_fields(b"w", _field(1, 1), _DIMS, _field(4, (1 << 64) - 8), _field(5, 8), _CRC)],
+     "tensor 'w': negative data offset -8"),
+    ([header(), _entry_fields(b"w", _field(1, 1), _DIMS, _field(5, 8))], "tensor 'w': the entry has no CRC32C"),
+    ([header(), _entry_fields(b"w", _field(1, 1), _field(2, _field(3, 1)), _field(5, 0), _CRC)], "unknown rank"),
+    ([header(), _entry_fields(b"w", _field(1, 1), _field(2, _field(2, _field(1, (1 << 64) - 1))), _CRC)],
+     "unknown or negative dimension \\(-1\\)"),
+    ([header(), _entry_fields(b"w", _field(1, 1), b"\x28\x80")], "malformed entry of tensor 'w'"),
+    ([header(), _entry_fields(b"w", _field(1, 1), _DIMS, _field(3, 1 << 40), _field(5, 8), _CRC)],
+     "integer 1099511627776 does not fit in int32"),
+])
+def test_refuses_malformed_entries_by_name(tmp_path, records, message):
+    write_bundle(tmp_path / "x", records, _W)
+    with pytest.raises(ConversionError, match=message):
+        read_bundle(tmp_path / "x")
+
+
+def write_raw_table(prefix: Path, data_block: bytes, index_extra: bytes = b"", gap: bytes = b"", tail: bytes = b""):
+    """An index file holding `data_block` as is (CRC-sealed, like every block), the index
+    entry's handle followed by index_extra, `gap` bytes between the data and meta blocks,
+    `tail` bytes before the footer."""
+    out = bytearray()
+
+    def put(block: bytes) -> bytes:
+        handle = varint(len(out)) + varint(len(block))
+        out.extend(block + b"\0" + struct.pack("<I", _masked(block + b"\0")))
+        return handle
+
+    data_handle = put(data_block)
+    out.extend(gap)
+    meta = put(_block([]))
+    index = put(_block([(b"\xff", data_handle + index_extra)]))
+    out.extend(tail)
+    out.extend((meta + index).ljust(40, b"\0") + struct.pack("<Q", 0xDB4775248B80FB57))
+    Path(f"{prefix}.index").write_bytes(bytes(out))
+    data_shard(prefix).write_bytes(b"")
+
+
+@pytest.mark.parametrize("data_block, changes, message", [
+    (b"\0\0", {}, "malformed data block at offset 0: too short"),
+    (struct.pack("<I", 0), {}, "bad restart count 0"),
+    (struct.pack("<I", 5), {}, "bad restart count 5"),
+    (varint(0) + varint(1) + varint(100) + b"k" + struct.pack("<II", 0, 1), {}, "bad entry at byte 3"),
+    (_block([header()]), dict(index_extra=b"\0"), "malformed index block entry"),
+    (_block([header()]), dict(gap=b"\0" * 3),  # the meta block, 3 bytes after the data block's trailer
+     f"a block starts at byte {len(_block([header()])) + 5 + 3}, expected {len(_block([header()])) + 5}"),
+    (_block([header()]), dict(tail=b"\0"), "blocks end at byte"),
+])
+def test_refuses_malformed_tables_by_name(tmp_path, data_block, changes, message):
+    write_raw_table(tmp_path / "x", data_block, **changes)
+    with pytest.raises(ConversionError, match=message):
         read_bundle(tmp_path / "x")

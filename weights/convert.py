@@ -3,6 +3,7 @@ directory) and write one albert-ref model file."""
 from __future__ import annotations
 
 import gzip
+import hashlib
 import re
 import tarfile
 import tempfile
@@ -69,8 +70,9 @@ def convert(src, out, *, config_path=None, spm_path=None, do_lower_case=True) ->
         model = _from_huggingface(src) if kind == "huggingface" else _from_sentence_transformers(src)
     elif kind == "tf_hub_archive":
         with tempfile.TemporaryDirectory(prefix="albert-ref-hub-") as tmp:
-            model = _from_tf(_extract_hub_archive(src, Path(tmp)), "tf_hub_module", config_path, spm_path,
-                             do_lower_case, archive=src)
+            archive_sha256 = _extract_hub_archive(src, Path(tmp))
+            model = _from_tf(Path(tmp), "tf_hub_module", config_path, spm_path, do_lower_case,
+                             archive={src.name: archive_sha256})
     else:
         model = _from_tf(src, kind, config_path, spm_path, do_lower_case)
     if model.spm_model is not None:
@@ -99,15 +101,15 @@ def _from_sentence_transformers(src: Path) -> ModelFile:
 
 
 def _hf_model_file(hf, source_format: str, sources: dict, notes, extra_tensors=None, pipeline=None) -> ModelFile:
-    """A Hugging Face model's file: its tokenizer in a Hugging Face flavour (the slow one
-    unless its options name the fast one), provenance naming the source."""
-    options = {"flavour": "huggingface", **hf.tokenizer_options}
-    return ModelFile(hf.config, {**hf.tensors, **(extra_tensors or {})}, hf.spm_model, options,
+    """A Hugging Face model's file: its tokenizer as read (hf_source picks the flavour),
+    provenance naming the source."""
+    return ModelFile(hf.config, {**hf.tensors, **(extra_tensors or {})}, hf.spm_model, hf.tokenizer_options,
                      {"source_format": source_format, "sources": sources, "converter": converter_version(),
                       "notes": list(notes)}, pipeline=pipeline)
 
 
-def _from_tf(src: Path, kind: str, config_path, spm_path, do_lower_case, archive: Path | None = None) -> ModelFile:
+def _from_tf(src: Path, kind: str, config_path, spm_path, do_lower_case, archive: dict | None = None) -> ModelFile:
+    """archive: {name: SHA-256} of the archive `src` was extracted from, if any."""
     from albert_ref.weights.tf_bundle import read_bundle
     if kind == "tf_hub_module":
         prefix, assets = src / "variables" / "variables", src / "assets"
@@ -131,7 +133,7 @@ def _from_tf(src: Path, kind: str, config_path, spm_path, do_lower_case, archive
     files = [Path(f"{prefix}.index"), config_file, *([spm_file] if spm_file else [])]
     sources = {**{f.name: file_sha256(f) for f in files}, **shard_sha256}
     if archive is not None:
-        sources = {archive.name: file_sha256(archive), **sources}
+        sources = {**archive, **sources}
     provenance = {"source_format": kind, "sources": sources, "converter": converter_version()}
     spm = spm_file.read_bytes() if spm_file else None
     options = {**DEFAULT_OPTIONS, "do_lower_case": bool(do_lower_case)}
@@ -144,53 +146,95 @@ def _checkpoint_prefix(src: Path) -> Path:
     return src.with_suffix("") if src.suffix == ".index" else src
 
 
-def _extract_hub_archive(archive: Path, dest: Path) -> Path:
-    """Extract just variables/ and assets/ of a downloaded TF-Hub module archive, in one
-    pass over the (decompressed) stream; the rest of a gzip stream is read too, so that
-    gzip checks its CRC-32 and length."""
+def _extract_hub_archive(archive: Path, dest: Path) -> str:
+    """Extract just variables/ and assets/ of a downloaded TF-Hub module archive into dest
+    in one pass over the file, which also gives its SHA-256 (returned). A gzip stream is
+    decompressed to its end, where gzip checks its CRC-32 and length; a plain tar is parsed
+    up to its end-of-archive marker, and only hashed after it."""
     try:
-        with _open_stream(archive) as stream:
-            extracted = []
-            with tarfile.open(fileobj=stream, mode="r|") as tar:
-                for member in tar:
-                    parts = Path(member.name).parts
-                    parts = parts[1:] if parts and parts[0] == "." else parts
-                    if not parts or parts[0] not in ("variables", "assets") or len(parts) != 2:
-                        continue
-                    if not member.isfile():
-                        raise ConversionError(f"{archive}: {member.name} is not a regular file")
-                    target = dest.joinpath(*parts)
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    with tar.extractfile(member) as fin, open(target, "wb") as fout:
-                        while block := fin.read(1 << 20):
-                            fout.write(block)
-                    extracted.append(target)
-            while stream.read(1 << 24):
-                pass
-    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
-        _check_gzip_stream(archive)
-        raise ConversionError(f"{archive}: unreadable archive (truncated or corrupt?): {exc}") from None
+        with open(archive, "rb") as fh:
+            gzipped = fh.read(2) == b"\x1f\x8b"
+            fh.seek(0)
+            raw = _HashingReader(fh)
+            stream = _GzipStream(raw) if gzipped else raw
+            try:
+                extracted = _extract_members(archive, stream, dest)
+            except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+                if gzipped:
+                    stream.check(archive)  # a damaged download, rather than a damaged archive in a sound one
+                raise ConversionError(f"{archive}: unreadable archive (truncated or corrupt?): {exc}") from None
+            if gzipped:
+                stream.check(archive)
+            digest = raw.hexdigest()
+    except OSError as exc:
+        raise ConversionError(f"{archive}: cannot read the archive: {exc}") from None
     if not any(p.name == "variables.index" for p in extracted):
         raise ConversionError(f"{archive}: no variables/variables.index in the archive: not a TF-Hub module")
-    return dest
+    return digest
 
 
-def _open_stream(archive: Path):
-    """The archive's tar stream: decompressed when it is gzip (by its magic bytes)."""
-    with open(archive, "rb") as fh:
-        gzipped = fh.read(2) == b"\x1f\x8b"
-    return gzip.open(archive) if gzipped else open(archive, "rb")
+class _HashingReader:
+    """A binary file read front to back, hashing the bytes that pass."""
+
+    def __init__(self, fh):
+        self._fh = fh
+        self._sha = hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._fh.read(size)
+        self._sha.update(data)
+        return data
+
+    def hexdigest(self) -> str:
+        """SHA-256 of the whole file: what was not read yet is read now."""
+        while self.read(1 << 24):
+            pass
+        return self._sha.hexdigest()
 
 
-def _check_gzip_stream(archive: Path) -> None:
-    """After a failed extraction: name a damaged gzip stream as such (tarfile takes a
-    corrupt stream for a damaged or ended archive, which would mislead)."""
-    with open(archive, "rb") as fh:
-        if fh.read(2) != b"\x1f\x8b":
-            return
-    try:
-        with gzip.open(archive) as stream:
-            while stream.read(1 << 24):
+def _extract_members(archive: Path, stream, dest: Path) -> list[Path]:
+    """variables/* and assets/* of the tar `stream`, written under dest."""
+    extracted = []
+    with tarfile.open(fileobj=stream, mode="r|") as tar:
+        for member in tar:
+            parts = Path(member.name).parts
+            parts = parts[1:] if parts and parts[0] == "." else parts
+            if not parts or parts[0] not in ("variables", "assets") or len(parts) != 2:
+                continue
+            if not member.isfile():
+                raise ConversionError(f"{archive}: {member.name} is not a regular file")
+            target = dest.joinpath(*parts)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with tar.extractfile(member) as fin, open(target, "wb") as fout:
+                while block := fin.read(1 << 20):
+                    fout.write(block)
+            extracted.append(target)
+    return extracted
+
+
+class _GzipStream:
+    """A gzip file's decompressed bytes, remembering the error its decoder raised: tarfile
+    takes a damaged gzip stream for a damaged or ended archive, which would mislead."""
+
+    def __init__(self, raw):
+        self._gz = gzip.GzipFile(fileobj=raw, mode="rb")
+        self.damage: Exception | None = None
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return self._gz.read(size)
+        except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+            self.damage = exc
+            raise
+
+    def check(self, archive: Path) -> None:
+        """Read on to the stream's end (its CRC-32 and length checked there), unless the
+        decoder already failed; raise ConversionError if it did either way."""
+        try:
+            while self.damage is None and self.read(1 << 24):
                 pass
-    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
-        raise ConversionError(f"{archive}: damaged gzip stream (truncated or corrupt download?): {exc}") from None
+        except (OSError, EOFError, zlib.error):
+            pass
+        if self.damage is not None:
+            raise ConversionError(f"{archive}: damaged gzip stream (truncated or corrupt download?): "
+                                  f"{self.damage}") from None

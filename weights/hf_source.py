@@ -32,7 +32,9 @@ __all__ = ["HFModel", "read_huggingface", "WEIGHT_FILES"]
 # In order of preference.
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
-TOKENIZER_DEFAULTS = {k: v for k, v in DEFAULT_OPTIONS.items() if k != "flavour"}  # read from tokenizer_config.json
+# A Hugging Face tokenizer: the slow one (spiece.model), unless tokenizer.json alone names the fast one.
+TOKENIZER_DEFAULTS = {**DEFAULT_OPTIONS, "flavour": "huggingface"}
+_CONFIG_OPTIONS = [k for k in DEFAULT_OPTIONS if k != "flavour"]  # the booleans tokenizer_config.json may give
 
 # Buffers, not weights: index ranges Hugging Face rebuilds itself.
 _BUFFERS = {"embeddings.position_ids", "embeddings.token_type_ids"}
@@ -64,7 +66,7 @@ class HFModel:
     config: AlbertConfig
     tensors: dict[str, np.ndarray]  # TF name -> float32, C-contiguous, TF layout
     spm_model: bytes | None
-    tokenizer_options: dict  # tokenizer_config.json's booleans; "flavour" when tokenizer.json names it
+    tokenizer_options: dict  # flavour (TOKENIZER_DEFAULTS, or tokenizer.json's) and tokenizer_config.json's booleans
     sources: dict[str, str]  # file name -> SHA-256 hex digest of every file read
     notes: tuple[str, ...] = ()  # what was skipped or rounded, for provenance
 
@@ -140,7 +142,7 @@ def _tokenizer_options(path: Path, sources: dict[str, str]) -> tuple[dict[str, b
     data = _read_json(path, sources)
     if not isinstance(data, dict):
         raise ConversionError(f"{path} must hold a JSON object")
-    given = [key for key in options if key in data]
+    given = [key for key in _CONFIG_OPTIONS if key in data]
     for key in given:
         if not isinstance(data[key], bool):
             raise ConversionError(f"{path}: {key} must be true or false, got {data[key]!r}")

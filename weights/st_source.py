@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from albert_ref.errors import ConversionError, ModelFileError
-from albert_ref.pipeline import POOLING_MODES, Dense, Pipeline, dense_names
+from albert_ref.pipeline import POOLING_MODES, ST_DENSE_ACTIVATIONS, Dense, Pipeline, dense_names
 
 from .hf_source import HFModel, read_huggingface, read_safetensors
 from .model_file import file_sha256, sha256
@@ -28,9 +28,6 @@ __all__ = ["STModel", "read_sentence_transformers"]
 _LEGACY_POOLING = {"pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max",
                    "pooling_mode_mean_tokens": "mean", "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
                    "pooling_mode_weightedmean_tokens": "weightedmean", "pooling_mode_lasttoken": "lasttoken"}
-# Dense activation_function (a torch class path) -> the contract's activation.
-_ACTIVATIONS = {"torch.nn.modules.activation.Tanh": "tanh", "torch.nn.modules.linear.Identity": "linear",
-                "torch.nn.modules.activation.ReLU": "relu", "torch.nn.modules.activation.GELU": "gelu_erf"}
 _UNSET_LENGTH = 10 ** 18  # transformers writes int(1e30) as model_max_length when there is none
 
 
@@ -178,11 +175,12 @@ def _dense(folder: Path, directory: Path, sources: dict, i: int) -> tuple[Dense,
     where = folder / "config.json"
     config = _json(where, directory, sources)
     activation = config.get("activation_function", "torch.nn.modules.activation.Tanh")
-    if activation not in _ACTIVATIONS:
+    if activation not in ST_DENSE_ACTIVATIONS:
         raise ConversionError(f"{where}: activation_function {activation!r} is not supported "
-                              f"(albert-ref runs {', '.join(_ACTIVATIONS)})")
+                              f"(albert-ref runs {', '.join(ST_DENSE_ACTIVATIONS)})")
     try:
-        layer = Dense(config["in_features"], config["out_features"], config.get("bias", True), _ACTIVATIONS[activation])
+        layer = Dense(config["in_features"], config["out_features"], config.get("bias", True),
+                      ST_DENSE_ACTIVATIONS[activation])
     except KeyError as exc:
         raise ConversionError(f"{where}: missing {exc.args[0]}") from None
     state = _dense_state(folder, directory, sources)

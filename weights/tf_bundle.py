@@ -92,7 +92,7 @@ def _read_shard(path: Path, entries: list[_Entry], digests: dict | None) -> dict
                                           f"beyond the end of the file ({file_size} bytes): the shard is truncated")
             bufs = [bytearray(e.size) for e in entries]
             pos, first = 0, 0  # entries before `first` are complete
-            while block := f.read(_BLOCK if sha is not None or first < len(entries) else 0):
+            while block := f.read(_BLOCK):
                 if sha is not None:
                     sha.update(block)
                 end = pos + len(block)
@@ -108,8 +108,9 @@ def _read_shard(path: Path, entries: list[_Entry], digests: dict | None) -> dict
                 pos = end
                 if sha is None and first == len(entries):
                     break
-            if pos < (entries[-1].offset + entries[-1].size if entries else 0):
-                raise ConversionError(f"{path}: short read: the shard is truncated")
+            if pos < max((e.offset + e.size for e in entries), default=0):  # it shrank since fstat
+                raise ConversionError(f"{path}: short read: the file ended at byte {pos} ({file_size} when "
+                                      f"opened): the shard is truncated")
     except OSError as exc:
         raise ConversionError(f"{path}: cannot read data shard: {exc}") from None
     for e, buf in zip(entries, bufs):
