@@ -32,6 +32,8 @@ from numba import config, njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from albert_ref.memory import weight_array
+
 from .fmath import fma, fma_exact, gelu_erf32, gelu_tanh32, relu32, tanh32
 
 KB = 128      # contract: dot-product block length
@@ -236,10 +238,10 @@ def pack_b(w, nr):
     """W [K, N] (float32) -> [ceil(N/nr), K, nr]: NR-column panels, columns past N zero.
     Done once per weight, as the model is read. A layout copy, so NumPy does it (as fast as
     a Numba loop, releasing the GIL, and with nothing to compile or to load from Numba's
-    cache before the weights can be read)."""
+    cache before the weights can be read), into memory of its own (albert_ref.memory)."""
     K, N = w.shape
     full, rest = divmod(N, nr)
-    out = np.empty((full + (rest > 0), K, nr), dtype=np.float32)
+    out = weight_array((full + (rest > 0), K, nr))
     out[:full] = w[:, :full * nr].reshape(K, full, nr).transpose(1, 0, 2)
     if rest:
         out[full, :, :rest] = w[:, full * nr:]

@@ -319,8 +319,8 @@ def test_reading_holds_at_most_two_of_the_files_tensors(tmp_path, verify):
     assert len(resident) == len(model.tensors)
     assert max(resident) * 1024 <= sum(largest) + 2 * (FAULT_AROUND + 4096), resident
     assert _mapped_kib(path.resolve()) == 0                          # unmapped at the end
-    for name, array in back.tensors.items():   # returned as the process's own, writable arrays
-        assert array.flags.writeable and array.flags.owndata, name
+    for name, array in back.tensors.items():   # the process's own, writable arrays (none on the map: unmapped)
+        assert array.flags.writeable, name
         assert np.array_equal(array.view(np.uint32), model.tensors[name].view(np.uint32)), name
 
 

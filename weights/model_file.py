@@ -18,7 +18,8 @@ import numpy as np
 
 from albert_ref.atomic import atomic_path
 from albert_ref.config import AlbertConfig
-from albert_ref.errors import ConfigError, InputError, ModelFileError
+from albert_ref.errors import AlbertRefError, ConfigError, InputError, ModelFileError
+from albert_ref.memory import weight_copy
 from albert_ref.pipeline import Pipeline
 from albert_ref.tokenizer import DEFAULT_OPTIONS, check_options
 from albert_ref.weights.names import encoder_shapes, head_shapes
@@ -278,7 +279,7 @@ def _reading(path, read):
     try:
         with f:
             return read(f, path)
-    except ModelFileError:
+    except AlbertRefError:   # named already: the file's, or a converter's (an unknown isa)
         raise
     except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
         # h5py reports damaged metadata and data blocks this way.
@@ -386,7 +387,7 @@ def _read(f: h5py.File, path: Path, verify: bool, convert=None) -> ModelFile:
                 result = array if convert is None else convert(name, array)
                 # Nothing returned may keep the map alive: copy what still reads from it.
                 shares = isinstance(result, np.ndarray) and np.may_share_memory(result, array)
-                tensors[name] = result.copy() if shares else result
+                tensors[name] = weight_copy(result) if shares else result
             finally:
                 checksum = hashes.pop(name).result() if verify else stored[name]
             if trusted:

@@ -1,0 +1,38 @@
+"""Large, long-lived arrays (a model's weights) in memory of their own.
+
+NumPy advises the kernel to back every array of 4 MiB or more with transparent huge pages.
+Where the kernel honours that advice by compacting memory at the first touch
+(/sys/kernel/mm/transparent_hugepage/defrag = madvise, a common default), each huge page
+can stall: loading xlarge took 0.62-0.69 s that way against 0.32-0.34 s on plain pages
+(2 cores of a Zen 4 VM; benchmarks/RESULTS.md, "Loading"), and the forward pass was no
+faster on huge pages. A private anonymous mapping carries no advice, so the kernel uses
+huge pages only where its own policy gives them for free.
+"""
+from __future__ import annotations
+
+import math
+import mmap
+
+import numpy as np
+
+
+def weight_array(shape, dtype=np.float32) -> np.ndarray:
+    """An uninitialised, writable array in a private anonymous mapping (np.empty below
+    1 MiB, which NumPy gives no huge-page advice, or where the platform has no such
+    mapping); the mapping is released with the last view of the array."""
+    dtype = np.dtype(dtype)
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes < (1 << 20) or not hasattr(mmap, "MAP_PRIVATE"):
+        return np.empty(shape, dtype=dtype)
+    # Not MAP_POPULATE: packing alone was faster (the FFN kernel in 30 ms instead of 40),
+    # but loading as a whole slower (+35 ms): the kernels loading on the other thread
+    # waited meanwhile (the populating mmap call holds the process's memory-map lock).
+    block = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    return np.frombuffer(block, dtype=dtype).reshape(shape)
+
+
+def weight_copy(array: np.ndarray) -> np.ndarray:
+    """A C-ordered copy of `array` in a weight_array."""
+    out = weight_array(array.shape, array.dtype)
+    out[...] = array
+    return out
