@@ -9,7 +9,7 @@ import numpy as np
 from albert_ref import forward as fwd
 from albert_ref.errors import InputError, TokenizerError
 from albert_ref.forward import is_dense_kernel
-from albert_ref.ops import make_ops, prepare_params
+from albert_ref.ops import check_ops_args, make_ops, prepare_params
 from albert_ref.weights.model_file import ModelFile, read_model
 from albert_ref.weights.names import num_parameters
 
@@ -42,15 +42,19 @@ def load(path, backend: str = "cpu", dtype: str | None = None, threads: int | No
     (float64 by default, or dtype="float32"). isa: the cpu backend's kernel variant,
     "avx512", "avx2" or "sse" (default: $ALBERT_REF_ISA, else the widest this CPU runs);
     every variant gives the same bits."""
-    ops = make_ops(backend, dtype, threads, isa)
-    warm_up = _WarmUp(ops)
+    check_ops_args(backend, dtype, threads, isa)
+    ops, warm_up = None, None
 
     def convert(name, array):
-        # Reached once the file's layout, names, shapes and dtypes have been checked: the
-        # backend's kernels now load on a second thread while the data is read, hashed and
-        # packed (all GIL-free). Dense kernels are packed as they are read, so that the
-        # file's arrays and their packed copies never all exist at once.
-        warm_up.start()
+        # Reached once the file's layout, names, shapes and dtypes have been checked and
+        # the hasher has started on its data (GIL-free): the backend is made now, so that
+        # importing it overlaps with hashing, and its kernels then load on a second thread
+        # while the data is checked and packed. Dense kernels are packed as they are read,
+        # so that the file's arrays and their packed copies never all exist at once.
+        nonlocal ops, warm_up
+        if ops is None:
+            ops = make_ops(backend, dtype, threads, isa)
+            warm_up = _WarmUp(ops)
         return ops.prepare(name, array) if is_dense_kernel(name) else array
     model_file = read_model(path, verify=verify, convert=convert)
     warm_up.join()
@@ -58,22 +62,21 @@ def load(path, backend: str = "cpu", dtype: str | None = None, threads: int | No
 
 
 class _WarmUp:
-    """ops.warm_up() on a daemon thread, started at most once. An error it meets is dropped:
-    the forward pass makes the same calls and raises it where it can be handled. When the
-    load fails, it is not waited for (a cold cache compiles for seconds) and finishes alone."""
+    """ops.warm_up() on a daemon thread, from now on. An error it meets is dropped: the
+    forward pass makes the same calls and raises it where it can be handled. When the load
+    fails, it is not waited for (a cold cache compiles for seconds) and finishes alone."""
 
     def __init__(self, ops):
-        self._fn = getattr(ops, "warm_up", None)
-        self._thread = None
-
-    def start(self):
-        if self._fn is not None and self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="albert-ref-warm-up", daemon=True)
+        fn = getattr(ops, "warm_up", None)
+        self._thread = None if fn is None else threading.Thread(target=self._run, args=(fn,),
+                                                                name="albert-ref-warm-up", daemon=True)
+        if self._thread is not None:
             self._thread.start()
 
-    def _run(self):
+    @staticmethod
+    def _run(fn):
         try:
-            self._fn()
+            fn()
         except Exception:  # noqa: BLE001 - see the class docstring
             pass
 

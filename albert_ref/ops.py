@@ -51,24 +51,30 @@ class Ops(Protocol):
         """Multi-head softmax(q k^T / sqrt(d)) v over each sequence's real keys: [B, S, H]."""
 
 
-def make_ops(backend: str, dtype: str | None, threads: int | None, isa: str | None = None):
-    """The ops object for a backend name. Kernel backends are float32 only; isa picks the
-    "cpu" backend's kernel variant (albert_ref.kernels.isa)."""
+def check_ops_args(backend: str, dtype: str | None, threads: int | None, isa: str | None = None) -> None:
+    """make_ops' checks of its arguments that need no backend imported (an unknown isa
+    name is the kernels' to refuse)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise InputError(f"threads must be a positive integer, got {threads!r}")
     if isa is not None and backend != "cpu":
         raise IsaError(f"isa={isa!r} selects a variant of the cpu backend's kernels; backend {backend!r} has none")
+    if backend != "numpy" and dtype not in (None, "float32"):
+        raise ValueError(f"backend {backend!r} computes in float32 only (got dtype={dtype!r}); "
+                         f"use backend='numpy' for float64")
+    if backend == "cuda" and threads is not None:   # the GPU's parallelism is not set in CPU threads: say so
+        raise InputError("threads applies to the cpu and reference backends, not to 'cuda'")
+
+
+def make_ops(backend: str, dtype: str | None, threads: int | None, isa: str | None = None):
+    """The ops object for a backend name. Kernel backends are float32 only; isa picks the
+    "cpu" backend's kernel variant (albert_ref.kernels.isa)."""
+    check_ops_args(backend, dtype, threads, isa)
     if backend == "numpy":
         from albert_ref.numpy_backend import NumpyOps
         return NumpyOps(dtype or "float64")
-    if dtype not in (None, "float32"):
-        raise ValueError(f"backend {backend!r} computes in float32 only (got dtype={dtype!r}); "
-                         f"use backend='numpy' for float64")
     if backend == "cuda":
-        if threads is not None:  # the GPU's parallelism is not set in CPU threads: say so, do not ignore it
-            raise InputError("threads applies to the cpu and reference backends, not to 'cuda'")
         from albert_ref.cuda_backend import CudaOps
         return CudaOps()
     from albert_ref.kernel_backend import KernelOps
