@@ -207,7 +207,7 @@ def main(argv=None) -> int:
         handlers = {signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler),
                     signal.SIGTERM: signal.signal(signal.SIGTERM, _interrupt)}
     from albert_ref.compile_notice import notice_compilation
-    from albert_ref.kernel_backend import limit_heap_retention
+    from albert_ref.memory import limit_heap_retention
     limit_heap_retention()  # this process is ours: keep freed weight-sized buffers out of the heap
     try:
         # a first run compiles for seconds: say so, and compile on a second core too

@@ -6,6 +6,12 @@ function from its on-disk cache, so the line appears exactly when a run compiles
 do the helper processes that compile the kernels meanwhile (albert_ref/compile_helper.py).
 Only the CLI listens (`notice_compilation`, a context manager): a library import changes
 nothing process-wide, prints nothing and starts no process.
+
+Entering the block does not import Numba: the CLI enters it before it knows whether the
+command runs kernels, and importing Numba then (0.15 s) would keep the import from
+overlapping with the model file's hashing in albert_ref.load. The listener is installed at
+once when albert_ref.kernels is already imported, and otherwise by albert_ref.kernels as
+it is imported (`install_requested`), before any of its functions can compile.
 """
 from __future__ import annotations
 
@@ -13,9 +19,10 @@ import contextlib
 import sys
 import threading
 
-from numba.core import event
-
 from albert_ref.errors import IsaError
+
+_lock = threading.Lock()
+_active: "CompileNotice | None" = None   # the notice of the block being run, if any
 
 
 def _describe_target() -> str:
@@ -28,7 +35,7 @@ def _describe_target() -> str:
     return f"{isa.target().cpu} ({variant})"
 
 
-class CompileNotice(event.Listener):
+class CompileNotice:
     """Writes one line to `stream` on the first compilation of an albert_ref function,
     whichever thread compiles (the kernels' threads, a server's compute thread)."""
 
@@ -37,6 +44,7 @@ class CompileNotice(event.Listener):
         self.helper = helper      # CompileHelper (its processes) to start with the first compilation, or None
         self._lock = threading.Lock()
         self.said = False
+        self._listener = None     # Numba's listener, once installed
 
     def on_start(self, ev):
         if self.said or not getattr(ev.data["dispatcher"].py_func, "__module__", "").startswith("albert_ref."):
@@ -51,8 +59,29 @@ class CompileNotice(event.Listener):
         print(f"albert-ref: compiling the kernels for {_describe_target()}; first run only, "
               f"later runs load them from Numba's cache...", file=stream, flush=True)
 
-    def on_end(self, ev):
-        pass
+    def install(self):
+        from numba.core import event
+
+        class Listener(event.Listener):
+            on_start = staticmethod(self.on_start)
+
+            def on_end(self, ev):
+                pass
+        self._listener = Listener()
+        event.register("numba:compile", self._listener)
+
+    def uninstall(self):
+        if self._listener is not None:
+            from numba.core import event
+            event.unregister("numba:compile", self._listener)
+            self._listener = None
+
+
+def install_requested() -> None:
+    """Install the active block's listener (albert_ref.kernels calls this on import)."""
+    with _lock:
+        if _active is not None and _active._listener is None:
+            _active.install()
 
 
 @contextlib.contextmanager
@@ -60,11 +89,19 @@ def notice_compilation(stream=None, helper=False):
     """Within the block, the first compilation of albert_ref code prints one line, and with
     helper=True (the cpu backend) starts the processes that compile the kernels meanwhile
     (albert_ref.compile_helper), which are ended when the block ends."""
+    global _active
     from albert_ref.compile_helper import CompileHelper
     process = CompileHelper() if helper else None
+    notice = CompileNotice(stream, process)
+    with _lock:
+        _active = notice
+        if "albert_ref.kernels" in sys.modules:
+            notice.install()
     try:
-        with event.install_listener("numba:compile", CompileNotice(stream, process)):
-            yield
+        yield
     finally:
+        with _lock:
+            _active = None
+            notice.uninstall()
         if process is not None:
             process.stop()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import math
 import mmap
-import os
 import threading
 import weakref
 
@@ -38,33 +37,6 @@ class PackedKernel:
         self.shape = array.shape
         self.variant = kernels.variant
         self.panels = kernels.pack(array)
-
-
-_HEAP_LIMITED = False
-
-
-def limit_heap_retention():
-    """Keep glibc from parking freed multi-MB buffers in its heap: an opt-in for programs
-    that own their process (the albert-ref CLI and the benchmarks call it; a library
-    import never does, since it changes malloc for the whole process).
-
-    glibc raises its mmap threshold (up to 32 MiB) each time a large mmapped block is
-    freed, after which multi-MB arrays come from the heap and their memory is not returned
-    to the OS. Activations inside a forward pass come from the Workspace's own mappings,
-    but the arrays of loading and packing weights and of calls outside a pass do not:
-    without this, peak RSS at xlarge 8 x 128 was 11 MB higher. A fixed threshold of 1 MiB
-    (M_MMAP_THRESHOLD; also disables the dynamic adjustment) keeps every large array
-    mmapped. Skipped off glibc, or when the user has set MALLOC_MMAP_THRESHOLD_ themselves."""
-    global _HEAP_LIMITED
-    if _HEAP_LIMITED or "MALLOC_MMAP_THRESHOLD_" in os.environ:
-        return
-    _HEAP_LIMITED = True
-    try:
-        import ctypes
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass
 
 
 class Workspace:

@@ -97,7 +97,8 @@ def worker_ours(args):
 
     from albert_ref import forward
     from albert_ref.config import AlbertConfig
-    from albert_ref.kernel_backend import KernelOps, limit_heap_retention
+    from albert_ref.kernel_backend import KernelOps
+    from albert_ref.memory import limit_heap_retention
     t_import = time.perf_counter() - t0
     config = AlbertConfig(**model_fields(args.model))
     limit_heap_retention()  # as the CLI does

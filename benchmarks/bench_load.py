@@ -21,7 +21,7 @@ import time; t0 = time.perf_counter()
 import json, resource, sys
 import numpy as np
 import albert_ref
-from albert_ref.kernel_backend import limit_heap_retention
+from albert_ref.memory import limit_heap_retention
 limit_heap_retention()   # as the CLI does
 peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 t1, c1 = time.perf_counter(), time.process_time()

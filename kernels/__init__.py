@@ -95,3 +95,9 @@ def _guard() -> None:
 
 
 _guard()
+
+# The CLI's notice of compilation (albert_ref.compile_notice), if it asked for one: nothing
+# here has compiled yet.
+from albert_ref.compile_notice import install_requested  # noqa: E402
+
+install_requested()

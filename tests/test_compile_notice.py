@@ -39,6 +39,28 @@ def test_one_line_for_albert_ref_code_only_and_only_inside_the_block():
     assert out.getvalue().count(NOTICE) == 1
 
 
+def test_the_block_imports_no_numba_and_the_kernels_install_its_listener_on_import():
+    """The CLI enters the block before it knows whether the command runs kernels: Numba is
+    imported only with albert_ref.kernels (inside albert_ref.load, overlapping the hashing),
+    which then installs the block's listener before anything of it compiles."""
+    code = """if True:
+        import io, sys
+        from albert_ref.compile_notice import notice_compilation
+        out = io.StringIO()
+        with notice_compilation(out):
+            assert "numba" not in sys.modules, "entering the block imported Numba"
+            import albert_ref.kernels
+            from numba import njit
+            def add_one(x):
+                return x + 1
+            add_one.__module__ = "albert_ref.kernels.probe"
+            njit(add_one)(1)
+        assert out.getvalue().startswith("albert-ref: compiling the kernels for "), out.getvalue()
+    """
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
 # The CLI on the demo model without its compile helpers (so that it compiles every kernel),
 # then how many types gemm_tile was compiled for in this process.
 _EMBED = ("import sys; from albert_ref.cli import main; from albert_ref.kernels import isa; code = main(['embed', "

@@ -21,13 +21,13 @@ def test_the_heap_setting_is_the_cli_s_opt_in():
     run_fresh("""
         import numpy as np
         import albert_ref
-        from albert_ref import kernel_backend
+        from albert_ref import memory
         from albert_ref.weights import DEMO_MODEL
         albert_ref.load(DEMO_MODEL)(np.array([[2, 10, 3]]))
-        assert not kernel_backend._HEAP_LIMITED, "a library call changed malloc for the process"
+        assert not memory._HEAP_LIMITED, "a library call changed malloc for the process"
         from albert_ref.cli import main
         assert main(["verify"]) == 0
-        assert kernel_backend._HEAP_LIMITED
+        assert memory._HEAP_LIMITED
     """)
 
 

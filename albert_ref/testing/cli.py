@@ -5,13 +5,14 @@ import sys
 
 from albert_ref.atomic import atomic_output, check_output_path
 from albert_ref.errors import AlbertRefError
-from albert_ref.testing.fixtures import write_fixtures
-from albert_ref.testing.golden import GoldenMismatch, check_golden, dumps, make_golden
 from albert_ref.testing.inputs import load_inputs
 from albert_ref.testing.oracle import CONTRACT_BACKENDS, PRECISIONS, Oracle
 
 
+# The commands import golden and fixtures themselves: those import the kernels (Numba),
+# which every other command would pay for while its parser is built.
 def _cmd_golden(args):
+    from albert_ref.testing.golden import GoldenMismatch, check_golden, dumps, make_golden
     if args.check:
         if args.inputs or args.output:
             raise AlbertRefError("--check takes the inputs from the golden file; drop --inputs/--output")
@@ -33,6 +34,7 @@ def _cmd_golden(args):
 
 
 def _cmd_fixtures(args):
+    from albert_ref.testing.fixtures import write_fixtures
     inputs = load_inputs(args.inputs) if args.inputs else ()
     manifest = write_fixtures(args.model, args.outdir, *inputs, precision=args.precision)
     print(f"wrote {args.outdir}: {len(manifest['activations'])} activations, "
