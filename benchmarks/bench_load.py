@@ -1,7 +1,8 @@
 """Loading a model file (albert_ref.load: read, verify, pack, the kernels warmed up beside
 it) and its first forward pass, each run in a new process with a warm Numba cache: seconds
 of the import, of `load` (wall and CPU of all its threads), of the first pass, and the peak
-RSS after `load` and after the pass. Medians over the runs.
+RSS after `load` and after the pass. Medians over the runs. `load` imports Numba and the
+kernels itself (while the file is hashed), so "import" is NumPy's and albert_ref's alone.
 
     python benchmarks/bench_load.py                       # the xlarge file, 1 x 128
     python benchmarks/bench_load.py --runs 5 --case 1x6 --model M.h5
