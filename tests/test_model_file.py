@@ -351,3 +351,21 @@ def test_a_tensor_without_stored_data_is_read_as_its_fill_values(good_file, mode
         read_model(good_file)
     back = read_model(good_file, verify=False)
     assert np.all(back.tensors[name] == 0.5)
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_a_file_that_cannot_be_mapped_is_read_by_h5py_with_the_same_checks(good_file, model, monkeypatch, verify):
+    """Some file systems refuse mmap: the read falls back to h5py, one tensor at a time."""
+    from albert_ref.weights import model_file
+    from albert_ref.weights.model_file import ChecksumError
+
+    def refuse(*args, **kwargs):
+        raise OSError(19, "No such device")
+    monkeypatch.setattr(model_file.mmap, "mmap", refuse)
+    back = read_model(good_file, verify=verify, convert=lambda name, array: array)
+    for name, array in model.tensors.items():
+        assert np.array_equal(back.tensors[name].view(np.uint32), array.view(np.uint32)), name
+    assert back.digest == model.digest
+    _edit(good_file, lambda f: f["weights/bert/pooler/dense/bias"].__setitem__(1, np.nan))
+    with pytest.raises(ChecksumError if verify else ModelFileError, match="SHA-256" if verify else "non-finite"):
+        read_model(good_file, verify=verify)

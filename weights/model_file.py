@@ -375,13 +375,19 @@ def _read(f: h5py.File, path: Path, verify: bool, convert=None) -> ModelFile:
     try:
         arrays = {name: data.view(ds, name) for name, ds in weights.items()}
         stored = {name: _stored_checksum(ds, path, verify) for name, ds in weights.items()}
+
+        def hashing(name, array):
+            return hasher.submit(data.released, _verified, array, stored[name], name, path)
         # Hashing is the slowest step, so the hasher thread starts on every tensor now and
         # runs ahead (hashlib releases the GIL) while each is checked and converted here,
         # in order; a damaged tensor's ChecksumError takes precedence over its other errors.
-        hashes = {name: hasher.submit(data.released, _verified, array, stored[name], name, path)
-                  for name, array in arrays.items()} if verify else {}
-        for name in weights:
+        hashes = {name: hashing(name, array) for name, array in arrays.items() if array is not None} if verify else {}
+        for name, ds in weights.items():
             array = arrays.pop(name)
+            if array is None:   # the file could not be mapped: read by h5py, one tensor at a time
+                array = ds[()]
+                if verify:
+                    hashes[name] = hashing(name, array)
             try:
                 check_finite(name, array, f"{path}: ")
                 result = array if convert is None else convert(name, array)
@@ -541,22 +547,30 @@ class _MappedData:
 
     The layout is checked first (contiguous, uncompressed, inside the file). A file cut
     short while it is being read would fault (SIGBUS), as any mapped file would; model
-    files are written to a temporary name and renamed into place, never rewritten."""
+    files are written to a temporary name and renamed into place, never rewritten. Where
+    the file system cannot map the file, h5py reads each tensor in turn instead."""
 
     def __init__(self, f: h5py.File, path: Path):
         self._path = path
         fd = f.id.get_vfd_handle()
         self._size = os.fstat(fd).st_size
-        self._map = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
-        self._bytes = np.frombuffer(self._map, dtype=np.uint8)
+        try:
+            self._map = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError):   # a file system that cannot map files: h5py reads them
+            self._map = self._bytes = None
+        else:
+            self._bytes = np.frombuffer(self._map, dtype=np.uint8)
 
-    def view(self, ds: h5py.Dataset, name: str) -> np.ndarray:
-        """The dataset's data as a read-only array on the map (or read by h5py when the
-        dataset has no storage: its fill values)."""
+    def view(self, ds: h5py.Dataset, name: str) -> np.ndarray | None:
+        """The dataset's data as a read-only array on the map, or None when the file is not
+        mapped (the caller reads it then); read by h5py when the dataset has no storage
+        (its fill values)."""
         _check_layout(ds, name, self._path)
         offset = ds.id.get_offset()
         if offset is None:
             return ds[()]
+        if self._map is None:
+            return None
         end = offset + ds.size * ds.dtype.itemsize
         if ds.id.get_storage_size() != end - offset or end > self._size:
             raise ModelFileError(f"{self._path}: {name}: its data (bytes {offset}-{end}) does not lie within the "
@@ -567,8 +581,10 @@ class _MappedData:
         """Drop the array's pages from the process, and those within FAULT_AROUND of it: a
         fault maps the neighbouring pages too, and would leave a little of each tensor
         resident otherwise."""
+        if self._map is None or not hasattr(mmap, "MADV_DONTNEED"):
+            return
         start = array.ctypes.data - self._bytes.ctypes.data
-        if hasattr(mmap, "MADV_DONTNEED") and 0 <= start < self._size:   # not a fill-value array
+        if 0 <= start < self._size:   # not an array read by h5py
             first = max(0, start - FAULT_AROUND) // mmap.PAGESIZE * mmap.PAGESIZE
             end = min(self._size, start + array.nbytes + FAULT_AROUND)
             self._map.madvise(mmap.MADV_DONTNEED, first, end - first)
@@ -581,7 +597,9 @@ class _MappedData:
             self.release(array)
 
     def close(self) -> None:
-        del self._bytes
+        if self._map is None:
+            return
+        self._bytes = None
         try:
             self._map.close()
         except BufferError:   # an array on it is still referenced (a failed read's traceback): unmapped when it goes
