@@ -22,7 +22,7 @@ import threading
 from albert_ref.errors import IsaError
 
 _lock = threading.Lock()
-_active: "CompileNotice | None" = None   # the notice of the block being run, if any
+_active: "CompileNotice | None" = None   # the notice of the innermost block being run, if any
 
 
 def _describe_target() -> str:
@@ -94,14 +94,16 @@ def notice_compilation(stream=None, helper=False):
     process = CompileHelper() if helper else None
     notice = CompileNotice(stream, process)
     with _lock:
-        _active = notice
+        outer, _active = _active, notice
         if "albert_ref.kernels" in sys.modules:
             notice.install()
     try:
         yield
     finally:
-        with _lock:
-            _active = None
+        with _lock:   # an enclosing block, if any, is the active one again
+            _active = outer
             notice.uninstall()
+            if outer is not None and outer._listener is None and "albert_ref.kernels" in sys.modules:
+                outer.install()
         if process is not None:
             process.stop()

@@ -29,7 +29,10 @@ def weight_array(shape, dtype=np.float32) -> np.ndarray:
     # Not MAP_POPULATE: packing alone was faster (the FFN kernel in 30 ms instead of 40),
     # but loading as a whole slower (+35 ms): the kernels loading on the other thread
     # waited meanwhile (the populating mmap call holds the process's memory-map lock).
-    block = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        block = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    except OSError:   # out of memory or mappings: NumPy's allocation, and its MemoryError
+        return np.empty(shape, dtype=dtype)
     return np.frombuffer(block, dtype=dtype).reshape(shape)
 
 

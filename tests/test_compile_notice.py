@@ -61,6 +61,18 @@ def test_the_block_imports_no_numba_and_the_kernels_install_its_listener_on_impo
     assert r.returncode == 0, r.stderr[-3000:]
 
 
+def test_parsing_a_command_line_imports_no_numba():
+    """Numba's import (0.15 s) belongs inside albert_ref.load, where it overlaps the hashing."""
+    code = """if True:
+        import sys
+        from albert_ref.cli import build_parser
+        build_parser().parse_args(["run", "m.h5", "--inputs", "i.npz", "--output", "o.npz"])
+        assert "numba" not in sys.modules, [m for m in sys.modules if m.startswith("albert_ref")]
+    """
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
 # The CLI on the demo model without its compile helpers (so that it compiles every kernel),
 # then how many types gemm_tile was compiled for in this process.
 _EMBED = ("import sys; from albert_ref.cli import main; from albert_ref.kernels import isa; code = main(['embed', "

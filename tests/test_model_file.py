@@ -369,3 +369,20 @@ def test_a_file_that_cannot_be_mapped_is_read_by_h5py_with_the_same_checks(good_
     _edit(good_file, lambda f: f["weights/bert/pooler/dense/bias"].__setitem__(1, np.nan))
     with pytest.raises(ChecksumError if verify else ModelFileError, match="SHA-256" if verify else "non-finite"):
         read_model(good_file, verify=verify)
+
+
+def test_a_converter_s_error_is_its_own_not_a_corrupt_file(good_file):
+    """What fails while a valid tensor is converted (a backend without a GPU, out of memory)
+    is raised as it is, not as the file's corruption."""
+    def convert(name, array):
+        raise RuntimeError("the converter failed")
+    with pytest.raises(RuntimeError, match="^the converter failed$"):
+        read_model(good_file, convert=convert)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="the map is Linux/macOS's")
+def test_a_converted_tensor_that_keeps_a_view_of_the_map_is_reported(good_file):
+    """Nothing may stay on the file's map after reading (an in-place rewrite of the file
+    would then fault the process): a converter result that holds a view is a bug, named."""
+    with pytest.raises(RuntimeError, match="still reads from the file's memory map"):
+        read_model(good_file, convert=lambda name, array: [array])

@@ -279,11 +279,18 @@ def _reading(path, read):
     try:
         with f:
             return read(f, path)
-    except AlbertRefError:   # named already: the file's, or a converter's (an unknown isa)
+    except _NotTheFile as exc:   # a converter's failure (an unknown isa, no GPU, no memory): its own error
+        raise exc.__cause__ from None
+    except AlbertRefError:
         raise
     except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
         # h5py reports damaged metadata and data blocks this way.
         raise ModelFileError(f"{path}: corrupt model file: {exc}") from None
+
+
+class _NotTheFile(Exception):
+    """Carries (as its __cause__) an error raised while a valid tensor was converted or kept,
+    past _reading's translation of h5py's errors into a corrupt file."""
 
 
 def _attr(obj, name, path, kind=str):
@@ -372,6 +379,7 @@ def _read(f: h5py.File, path: Path, verify: bool, convert=None) -> ModelFile:
     tensors, checksums, entries = {}, {}, {}
     data = _MappedData(f, path)
     hasher = ThreadPoolExecutor(1, thread_name_prefix="albert-ref-sha256")
+    read = False
     try:
         arrays = {name: data.view(ds, name) for name, ds in weights.items()}
         stored = {name: _stored_checksum(ds, path, verify) for name, ds in weights.items()}
@@ -390,10 +398,12 @@ def _read(f: h5py.File, path: Path, verify: bool, convert=None) -> ModelFile:
                     hashes[name] = hashing(name, array)
             try:
                 check_finite(name, array, f"{path}: ")
-                result = array if convert is None else convert(name, array)
-                # Nothing returned may keep the map alive: copy what still reads from it.
-                shares = isinstance(result, np.ndarray) and np.may_share_memory(result, array)
-                tensors[name] = weight_copy(result) if shares else result
+                try:
+                    result = array if convert is None else convert(name, array)
+                    # Nothing returned may keep the map alive: copy what still reads from it.
+                    tensors[name] = weight_copy(result) if data.on_map(result) else result
+                except Exception as exc:
+                    raise _NotTheFile() from exc
             finally:
                 checksum = hashes.pop(name).result() if verify else stored[name]
             if trusted:
@@ -404,9 +414,10 @@ def _read(f: h5py.File, path: Path, verify: bool, convert=None) -> ModelFile:
             checksums[name] = checksum
             data.release(array)
             del array, result
+        read = True
     finally:
         hasher.shutdown(cancel_futures=True)
-        data.close()
+        data.close(strict=read)
 
     spm_model, spm_checksum, options = _read_tokenizer(f, datasets, path, verify)
     if trusted and isinstance(manifest["tokenizer"], dict):
@@ -543,10 +554,12 @@ class _MappedData:
     own descriptor, so that it is the same file): nothing is copied before a tensor is
     checked and converted, and its pages leave the process as soon as both the hasher and
     the converter are done with it (they come back from the page cache if touched again),
-    so that loading holds the converted tensors plus at most two of the file's.
+    so that loading holds the converted tensors plus at most two of the file's (each drops
+    a tensor's pages when done with it; the other faults them back from the page cache).
 
     The layout is checked first (contiguous, uncompressed, inside the file). A file cut
-    short while it is being read would fault (SIGBUS), as any mapped file would; model
+    short while it is being read, or a read error of the disk beneath it, would fault the
+    process (SIGBUS), as with any mapped file, instead of raising a ModelFileError; model
     files are written to a temporary name and renamed into place, never rewritten. Where
     the file system cannot map the file, h5py reads each tensor in turn instead."""
 
@@ -596,14 +609,23 @@ class _MappedData:
         finally:
             self.release(array)
 
-    def close(self) -> None:
+    def on_map(self, value) -> bool:
+        """Whether `value` is an array that reads from the map."""
+        return self._bytes is not None and isinstance(value, np.ndarray) and np.may_share_memory(value, self._bytes)
+
+    def close(self, strict: bool) -> None:
+        """Unmap. An array still on the map makes that fail: after a failed read, one in its
+        traceback (unmapped when it goes); after a successful one (strict), a converter's
+        result that kept a view, which is a bug to report."""
         if self._map is None:
             return
         self._bytes = None
         try:
             self._map.close()
-        except BufferError:   # an array on it is still referenced (a failed read's traceback): unmapped when it goes
-            pass
+        except BufferError:
+            if strict:
+                raise _NotTheFile() from RuntimeError(f"{self._path}: a converted tensor still reads from the "
+                                                      f"file's memory map (a backend's prepare kept a view)")
 
 
 def _verified(array, stored: str, name: str, path: Path) -> str:
