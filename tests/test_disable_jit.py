@@ -75,9 +75,10 @@ def test_fma_exact_rounds_once_where_naive_and_double_rounding_do_not():
     assert fma_llvm(MID_A, MID_B, MID_C)[0] == want
     got = fma_exact(MID_A, MID_B, MID_C)
     assert type(got) is F and got == want
-    # the mirror image, below zero, and the other side of a midpoint (ties to even upwards)
-    assert fma_exact(-MID_A, MID_B, -MID_C) == -want
-    up_a, up_b = F(2 ** -12 * (1 + 2 ** -18)), F(2 ** -12 * (1 + 2 ** -18))  # 2^-24 + 2^-41 + 2^-60
+    assert fma_exact(-MID_A, MID_B, -MID_C) == -want                 # the mirror image, below zero
+    # 1 + (2^-24 + 2^-41 + 2^-60): 2^-41 + 2^-60 above the midpoint between 1 and 1 + 2^-23, not a
+    # tie; it rounds up however it is rounded (through float64 too), so it tells no method apart
+    up_a, up_b = F(2 ** -12 * (1 + 2 ** -18)), F(2 ** -12 * (1 + 2 ** -18))
     assert fma_exact(up_a, up_b, F(1.0)) == fma_llvm(up_a, up_b, F(1.0))[0] == F(1 + 2 ** -23)
 
 
