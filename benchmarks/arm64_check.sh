@@ -77,21 +77,24 @@ import sys
 from importlib.metadata import PackageNotFoundError, distribution
 try:
     import tomllib
+except ImportError:  # Python 3.10: pip's vendored copy
+    from pip._vendor import tomli as tomllib
+try:
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
-except ImportError:  # Python 3.10, or no packaging: pip's vendored copies
-    from pip._vendor import tomli as tomllib
+except ImportError:  # no packaging: pip's vendored copy
     from pip._vendor.packaging.requirements import Requirement
     from pip._vendor.packaging.utils import canonicalize_name
 TARGET = dict(os_name="posix", sys_platform="linux", platform_system="Linux", platform_machine="aarch64",
               implementation_name="cpython", platform_python_implementation="CPython",
               python_version="3.11", python_full_version="3.11.2")
 with open(sys.argv[1], "rb") as f:
-    todo = [(Requirement(r), "") for r in tomllib.load(f)["project"]["dependencies"]]
+    todo = [Requirement(r) for r in tomllib.load(f)["project"]["dependencies"]]
 pins = {}
 while todo:
-    req, extra = todo.pop()
-    if req.marker is not None and not req.marker.evaluate({**TARGET, "extra": extra}):
+    req = todo.pop()
+    # extra = "": no dependency is asked for with extras, so requirements of an extra are skipped
+    if req.marker is not None and not req.marker.evaluate({**TARGET, "extra": ""}):
         continue
     name = canonicalize_name(req.name)
     if name in pins:
@@ -101,7 +104,7 @@ while todo:
     except PackageNotFoundError:
         sys.exit(f"{req.name} is not installed for {sys.executable}: its version pins the arm64 wheel (set PYTHON)")
     pins[name] = dist.version
-    todo += [(Requirement(r), e) for r in dist.requires or () for e in ("", *req.extras)]
+    todo += [Requirement(r) for r in dist.requires or ()]
 print(" ".join(f"{name}=={version}" for name, version in sorted(pins.items())))
 EOF
 )

@@ -220,8 +220,8 @@ def make_micro(mr, nr, vw, unroll):
 
 
 def micro_exact(mr, nr, a, a_off, a_ks, a_rs, b, b_off, kc, c, c_off, ldc, accumulate):
-    """The micro-kernel in Python, one fma at a time in its order: its stand-in where Numba
-    runs kernels as Python."""
+    """The micro-kernel in Python, each output's fma chain and block folds in the compiled
+    kernel's order: its stand-in where Numba runs kernels as Python."""
     for kb in range(0, max(kc, 1), KB):
         for r in range(mr):
             for n in range(nr):

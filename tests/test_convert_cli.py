@@ -196,8 +196,8 @@ def test_sound_gzip_of_a_truncated_tar_is_an_unreadable_archive(tmp_path, capsys
 @pytest.mark.parametrize("gz, damaged", [(True, False), (True, True), (False, False)])
 def test_hub_archive_is_read_once(tmp_path, monkeypatch, gz, damaged):
     """One pass over the archive gives the modules, the gzip checks and the provenance's
-    SHA-256: a damaged gzip is not decompressed again to name the damage, a plain tar's
-    padding is not parsed, and the digest is not taken by reading the file again."""
+    SHA-256: a damaged gzip is not decompressed again to name the damage, and the digest
+    is not taken by reading the file again."""
     import builtins
     archive = hub_archive(tmp_path / ("m.tar.gz" if gz else "m.tar"), gz, padding=0 if gz else 1 << 20)
     if damaged:

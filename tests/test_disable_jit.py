@@ -2,6 +2,7 @@
 every kernel, with the same bits: the intrinsics' pure-Python twins (kernels/fmath.py's
 fma_exact, float32_bits, float32_from_bits; gemm.micro_exact) round exactly as the LLVM code.
 """
+import functools
 import json
 import os
 import subprocess
@@ -9,12 +10,13 @@ import sys
 from fractions import Fraction
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from model_util import bits, random_inputs, tiny_config
 from numba import njit
 
-from albert_ref.kernels import fmath
+from albert_ref.kernels import fmath, gemm
 from albert_ref.kernels.fmath import fma_exact
 from albert_ref.testing import assert_equal_bits
 
@@ -73,9 +75,10 @@ def test_fma_exact_rounds_once_where_naive_and_double_rounding_do_not():
     assert fma_llvm(MID_A, MID_B, MID_C)[0] == want
     got = fma_exact(MID_A, MID_B, MID_C)
     assert type(got) is F and got == want
-    # the mirror image, below zero, and the other side of a midpoint (ties to even upwards)
-    assert fma_exact(-MID_A, MID_B, -MID_C) == -want
-    up_a, up_b = F(2 ** -12 * (1 + 2 ** -18)), F(2 ** -12 * (1 + 2 ** -18))  # 2^-24 + 2^-41 + 2^-60
+    assert fma_exact(-MID_A, MID_B, -MID_C) == -want                 # the mirror image, below zero
+    # 1 + (2^-24 + 2^-41 + 2^-60): 2^-41 + 2^-60 above the midpoint between 1 and 1 + 2^-23, not a
+    # tie; it rounds up however it is rounded (through float64 too), so it tells no method apart
+    up_a, up_b = F(2 ** -12 * (1 + 2 ** -18)), F(2 ** -12 * (1 + 2 ** -18))
     assert fma_exact(up_a, up_b, F(1.0)) == fma_llvm(up_a, up_b, F(1.0))[0] == F(1 + 2 ** -23)
 
 
@@ -143,11 +146,42 @@ def test_fma_exact_is_the_exactly_rounded_sum(a, b, c, shift, side):
 
 
 def test_fma_exact_refuses_other_than_float32():
-    import pytest
     with pytest.raises(TypeError):
         fma_exact(F(1.0), 2.0, F(0.0))
     with pytest.raises(TypeError):
         fma_exact(F(1.0), np.float64(2.0), F(0.0))
+
+
+@functools.cache
+def micro_llvm(mr, nr, vw, unroll):
+    """gemm.make_micro's compiled micro-kernel, callable from Python."""
+    micro = gemm.make_micro(mr, nr, vw, unroll)
+
+    @njit
+    def call(a, a_off, a_ks, a_rs, b, b_off, kc, c, c_off, ldc, accumulate):
+        micro(a, a_off, a_ks, a_rs, b, b_off, kc, c, c_off, ldc, accumulate)
+    return call
+
+
+@pytest.mark.parametrize("accumulate", [0, 1])
+@pytest.mark.parametrize("kc", [0, 1, 129, 300])
+def test_micro_exact_folds_blocks_as_the_compiled_micro_kernel(kc, accumulate):
+    """micro_exact == the LLVM micro-kernel on a 2 x 8 tile in a larger, prefilled C, for
+    no k (zeros stored, or C kept), one, and two or three KB-blocks folded into C; with
+    accumulate == 0 each output is also the contract's dot product (gemm.dot_ref)."""
+    mr, nr, a_rs, a_off, b_off, c_off, ldc = 2, 8, 307, 5, 16, 3, 11
+    rng = np.random.default_rng(kc)
+    a = rng.standard_normal(a_off + mr * a_rs).astype(F)
+    b = rng.standard_normal(b_off + max(kc, 1) * nr).astype(F)
+    c0 = rng.standard_normal(c_off + mr * ldc).astype(F)
+    got, want = c0.copy(), c0.copy()
+    gemm.micro_exact(mr, nr, a, a_off, 1, a_rs, b, b_off, kc, got, c_off, ldc, accumulate)
+    micro_llvm(mr, nr, 4, 2)(a, a_off, 1, a_rs, b, b_off, kc, want, c_off, ldc, accumulate)
+    assert_equal_bits(got, want)
+    tile = got[c_off:].reshape(mr, ldc)[:, :nr]
+    if accumulate == 0:
+        dots = [[gemm.dot_ref(a[a_off + r * a_rs:], 1, b[b_off + n:], nr, kc) for n in range(nr)] for r in range(mr)]
+        assert_equal_bits(tile, np.array(dots, dtype=F))
 
 
 # A tiny model under NUMBA_DISABLE_JIT in a subprocess: every kernel (embedding, LayerNorm,

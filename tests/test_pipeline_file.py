@@ -8,7 +8,7 @@ import pytest
 
 from albert_ref.config import ACTIVATIONS
 from albert_ref.errors import ModelFileError
-from albert_ref.pipeline import ST_DENSE_ACTIVATIONS, Dense, Pipeline, dense_names
+from albert_ref.pipeline import DENSE_ACTIVATIONS, Dense, Pipeline, dense_names
 from albert_ref.weights.model_file import read_header, read_model, write_model
 from model_util import random_model_file, tiny_config, with_pipeline as add_pipeline
 
@@ -74,12 +74,8 @@ def test_dense_tensors_need_their_pipeline(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("torch_class", ST_DENSE_ACTIVATIONS)
-def test_every_activation_the_converter_maps_is_one_a_pipeline_takes_and_the_kernels_run(tmp_path, torch_class):
-    """sentence-transformers' Dense activations (weights/st_source.py) and the ones a stored
-    pipeline may name are one list; each is in config.ACTIVATIONS, which every backend runs."""
-    activation = ST_DENSE_ACTIVATIONS[torch_class]
-    assert activation in ACTIVATIONS
-    pipeline = Pipeline(("cls", "mean"), 20, (Dense(32, 8, True, activation),), True)
-    write_model(tmp_path / "m.h5", with_pipeline(pipeline))
-    assert read_model(tmp_path / "m.h5").pipeline == pipeline
+def test_every_dense_activation_is_one_the_kernels_run():
+    """The activations a pipeline's Dense layers may name (pipeline.DENSE_ACTIVATIONS, the
+    values of the converter's sentence-transformers map) are each in config.ACTIVATIONS,
+    which every backend runs."""
+    assert set(DENSE_ACTIVATIONS) <= set(ACTIVATIONS), set(DENSE_ACTIVATIONS) - set(ACTIVATIONS)

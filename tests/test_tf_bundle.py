@@ -300,10 +300,17 @@ def header(shards=1, endianness=0, producer=1, min_consumer=0, bad=()) -> tuple[
     return b"", _field(1, shards) + _field(2, endianness) + _field(3, version)
 
 
+def _shape_field(shape) -> bytes:
+    return _field(2, b"".join(_field(2, _field(1, d)) for d in shape))
+
+
+def _crc_field(data: bytes) -> bytes:
+    return varint(6 << 3 | 5) + struct.pack("<I", _masked(data))
+
+
 def entry(name: str, dtype: int, shape, offset: int, data: bytes, slices: bool = False) -> tuple[bytes, bytes]:
-    dims = b"".join(_field(2, _field(1, d)) for d in shape)
-    value = (_field(1, dtype) + _field(2, dims) + _field(4, offset) + _field(5, len(data))
-             + varint(6 << 3 | 5) + struct.pack("<I", _masked(data)) + (_field(7, b"") if slices else b""))
+    value = (_field(1, dtype) + _shape_field(shape) + _field(4, offset) + _field(5, len(data)) + _crc_field(data)
+             + (_field(7, b"") if slices else b""))
     return name.encode(), value
 
 
@@ -392,8 +399,8 @@ def _entry_fields(name: bytes, *fields: bytes) -> tuple[bytes, bytes]:
 
 
 _W = np.ones(2, "<f4").tobytes()
-_CRC = varint(6 << 3 | 5) + struct.pack("<I", _masked(_W))
-_DIMS = _field(2, _field(2, _field(1, 2)))  # shape [2]
+_CRC = _crc_field(_W)
+_DIMS = _shape_field([2])
 
 
 # Entries and headers TF never writes, each refused with a message naming what is wrong

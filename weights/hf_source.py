@@ -133,7 +133,7 @@ def _check_agrees(fast: dict, options: dict, given: list, config_path: Path) -> 
                                   f"{'lower-case' if key == 'do_lower_case' else 'keep accents'}")
 
 
-def _tokenizer_options(path: Path, sources: dict[str, str]) -> tuple[dict[str, bool], list[str]]:
+def _tokenizer_options(path: Path, sources: dict[str, str]) -> tuple[dict[str, bool | str], list[str]]:
     """The tokenizer options tokenizer_config.json gives (defaults for the rest), and which
     it gives."""
     options = dict(TOKENIZER_DEFAULTS)
