@@ -2,12 +2,14 @@
 malloc kept from holding on to freed large buffers.
 
 NumPy advises the kernel to back every array of 4 MiB or more with transparent huge pages.
-Where the kernel honours that advice by compacting memory at the first touch
-(/sys/kernel/mm/transparent_hugepage/defrag = madvise, a common default), each huge page
-can stall: loading xlarge took 0.62-0.69 s that way against 0.32-0.34 s on plain pages
-(2 cores of a Zen 4 VM; benchmarks/RESULTS.md, "Loading"), and the forward pass was no
-faster on huge pages. A private anonymous mapping carries no advice, so the kernel uses
-huge pages only where its own policy gives them for free.
+Where the kernel has no free 2 MiB page at hand and honours that advice by compacting
+memory at the first touch (/sys/kernel/mm/transparent_hugepage/defrag = madvise, a common
+default), each huge page can stall: loading xlarge once took 0.62-0.69 s that way against
+0.32-0.34 s on plain pages, and no longer than on plain pages when free huge pages were at
+hand; the forward pass was no faster on huge pages (2 cores of a Zen 4 VM;
+benchmarks/RESULTS.md, "Start-up after loading was rebuilt"). A private anonymous mapping
+carries no advice, so the kernel uses huge pages only where its own policy gives them
+without compacting.
 """
 from __future__ import annotations
 
