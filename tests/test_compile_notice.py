@@ -42,13 +42,16 @@ def test_one_line_for_albert_ref_code_only_and_only_inside_the_block():
 def test_the_block_imports_no_numba_and_the_kernels_install_its_listener_on_import():
     """The CLI enters the block before it knows whether the command runs kernels: Numba is
     imported only with albert_ref.kernels (inside albert_ref.load, overlapping the hashing),
-    which then installs the block's listener before anything of it compiles."""
+    which then installs the listener of the innermost block still open before anything of
+    it compiles."""
     code = """if True:
         import io, sys
         from albert_ref.compile_notice import notice_compilation
         out = io.StringIO()
         with notice_compilation(out):
             assert "numba" not in sys.modules, "entering the block imported Numba"
+            with notice_compilation(io.StringIO()):   # an inner block ends: the outer one is active again
+                pass
             import albert_ref.kernels
             from numba import njit
             def add_one(x):
