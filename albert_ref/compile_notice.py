@@ -11,7 +11,8 @@ Entering the block does not import Numba: the CLI enters it before it knows whet
 command runs kernels, and importing Numba then (0.15 s) would keep the import from
 overlapping with the model file's hashing in albert_ref.load. The listener is installed at
 once when albert_ref.kernels is already imported, and otherwise by albert_ref.kernels as
-it is imported (`install_requested`), before any of its functions can compile.
+it is imported (`install_requested`, for every block then open), before any of its
+functions can compile.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import threading
 from albert_ref.errors import IsaError
 
 _lock = threading.Lock()
-_active: "CompileNotice | None" = None   # the notice of the innermost block being run, if any
+_open: list = []   # the CompileNotice of every block being run (in any thread)
 
 
 def _describe_target() -> str:
@@ -78,10 +79,11 @@ class CompileNotice:
 
 
 def install_requested() -> None:
-    """Install the active block's listener (albert_ref.kernels calls this on import)."""
+    """Install the listeners of the open blocks (albert_ref.kernels calls this on import)."""
     with _lock:
-        if _active is not None and _active._listener is None:
-            _active.install()
+        for notice in _open:
+            if notice._listener is None:
+                notice.install()
 
 
 @contextlib.contextmanager
@@ -89,21 +91,18 @@ def notice_compilation(stream=None, helper=False):
     """Within the block, the first compilation of albert_ref code prints one line, and with
     helper=True (the cpu backend) starts the processes that compile the kernels meanwhile
     (albert_ref.compile_helper), which are ended when the block ends."""
-    global _active
     from albert_ref.compile_helper import CompileHelper
     process = CompileHelper() if helper else None
     notice = CompileNotice(stream, process)
     with _lock:
-        outer, _active = _active, notice
+        _open.append(notice)
         if "albert_ref.kernels" in sys.modules:
             notice.install()
     try:
         yield
     finally:
-        with _lock:   # an enclosing block, if any, is the active one again
-            _active = outer
+        with _lock:
+            _open.remove(notice)
             notice.uninstall()
-            if outer is not None and outer._listener is None and "albert_ref.kernels" in sys.modules:
-                outer.install()
         if process is not None:
             process.stop()

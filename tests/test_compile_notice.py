@@ -42,23 +42,30 @@ def test_one_line_for_albert_ref_code_only_and_only_inside_the_block():
 def test_the_block_imports_no_numba_and_the_kernels_install_its_listener_on_import():
     """The CLI enters the block before it knows whether the command runs kernels: Numba is
     imported only with albert_ref.kernels (inside albert_ref.load, overlapping the hashing),
-    which then installs the listener of the innermost block still open before anything of
-    it compiles."""
+    which then installs the listener of every block still open before anything of it
+    compiles, however the blocks were entered and left (threads may overlap them)."""
     code = """if True:
         import io, sys
         from albert_ref.compile_notice import notice_compilation
-        out = io.StringIO()
-        with notice_compilation(out):
-            assert "numba" not in sys.modules, "entering the block imported Numba"
-            with notice_compilation(io.StringIO()):   # an inner block ends: the outer one is active again
-                pass
-            import albert_ref.kernels
+        def fresh(name):
             from numba import njit
             def add_one(x):
                 return x + 1
-            add_one.__module__ = "albert_ref.kernels.probe"
-            njit(add_one)(1)
-        assert out.getvalue().startswith("albert-ref: compiling the kernels for "), out.getvalue()
+            add_one.__module__ = "albert_ref.kernels." + name
+            return njit(add_one)
+        outs = {name: io.StringIO() for name in "abc"}
+        a, b, c = (notice_compilation(outs[name]) for name in "abc")
+        a.__enter__(); b.__enter__(); c.__enter__()
+        assert "numba" not in sys.modules, "entering a block imported Numba"
+        c.__exit__(None, None, None)   # ended before the kernels load
+        a.__exit__(None, None, None)   # ended while b, entered after it, is still open
+        import albert_ref.kernels
+        fresh("one")(1)
+        b.__exit__(None, None, None)
+        fresh("two")(1)                 # no block open: silent
+        said = {name: out.getvalue() for name, out in outs.items()}
+        assert said["b"].startswith("albert-ref: compiling the kernels for ") and said["b"].count("albert-ref") == 1, said
+        assert said["a"] == said["c"] == "", said
     """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
