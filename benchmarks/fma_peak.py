@@ -12,7 +12,6 @@ then on `--threads` threads at once (Numba releases the GIL).
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import threading
 import time
@@ -100,7 +99,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5, help="median of this many runs (default 5)")
     args = ap.parse_args()
     t = isa.target()
-    print(f"CPU {t.cpu} ({platform.machine()}, {t.vector_bits}-bit vectors{'' if t.fma else ', no FMA instruction'})")
+    print(isa.describe(isa.select()))
     for bits in (b for b in (128, 256, 512) if b <= t.vector_bits):
         run = make_chains(bits // 32)
         for threads in sorted({1, args.threads}):
