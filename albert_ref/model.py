@@ -8,7 +8,6 @@ import numpy as np
 
 from albert_ref import forward as fwd
 from albert_ref.errors import InputError, TokenizerError
-from albert_ref.forward import is_dense_kernel
 from albert_ref.ops import check_ops_args, make_ops, prepare_params
 from albert_ref.weights.model_file import ModelFile, read_model
 from albert_ref.weights.names import num_parameters
@@ -42,7 +41,7 @@ def load(path, backend: str = "cpu", dtype: str | None = None, threads: int | No
     (float64 by default, or dtype="float32"). isa: the cpu backend's kernel variant,
     "avx512", "avx2" or "sse" (default: $ALBERT_REF_ISA, else the widest this CPU runs);
     every variant gives the same bits."""
-    check_ops_args(backend, dtype, threads, isa)
+    check_ops_args(backend, dtype, threads, isa)   # before the file is read; make_ops comes later
     ops, warm_up = None, None
 
     def convert(name, array):
@@ -55,10 +54,11 @@ def load(path, backend: str = "cpu", dtype: str | None = None, threads: int | No
         if ops is None:
             ops = make_ops(backend, dtype, threads, isa)
             warm_up = _WarmUp(ops)
-        return ops.prepare(name, array) if is_dense_kernel(name) else array
+        return ops.prepare(name, array) if fwd.is_dense_kernel(name) else array
     model_file = read_model(path, verify=verify, convert=convert)
     warm_up.join()
-    return Model(model_file, path=path, ops=ops)
+    return Model(model_file, path=path, ops=ops,
+                 prepared=frozenset(name for name in model_file.tensors if fwd.is_dense_kernel(name)))
 
 
 class _WarmUp:
@@ -87,13 +87,15 @@ class _WarmUp:
 
 class Model:
     def __init__(self, model_file: ModelFile, backend: str = "cpu", dtype: str | None = None,
-                 threads: int | None = None, *, path=None, isa: str | None = None, ops=None):
+                 threads: int | None = None, *, path=None, isa: str | None = None, ops=None,
+                 prepared=frozenset()):
         # Only the file's description is kept: the backend's prepared copies replace the
         # tensors, so holding the originals too would double the memory. `path` names the
         # file the model was read from (None when built from a ModelFile in memory), so
         # that the tensors can be read again (albert_ref.testing.Oracle does). `ops`: a
-        # backend already made by `load`, instead of backend, dtype, threads and isa; load
-        # has prepared the file's dense kernels with it (the rest are prepared here).
+        # backend already made (by `load`), instead of backend, dtype, threads and isa;
+        # `prepared`: the names of the tensors it has prepared already (load packs the
+        # dense kernels as it reads them); the rest are prepared here.
         self.path = None if path is None else Path(path)
         self.config = model_file.config
         self.digest = model_file.digest
@@ -105,8 +107,7 @@ class Model:
         self.ops = make_ops(backend, dtype, threads, isa) if ops is None else ops
         self.backend = self.ops.name
         self.dtype = np.dtype(self.ops.dtype)
-        packed = {name for name in model_file.tensors if is_dense_kernel(name)} if ops is not None else ()
-        self.params = prepare_params(self.ops, model_file.tensors, packed)
+        self.params = prepare_params(self.ops, model_file.tensors, prepared)
         self._tokenizer = None
 
     @property

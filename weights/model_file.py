@@ -18,7 +18,7 @@ import numpy as np
 
 from albert_ref.atomic import atomic_path
 from albert_ref.config import AlbertConfig
-from albert_ref.errors import AlbertRefError, ConfigError, InputError, ModelFileError
+from albert_ref.errors import ConfigError, InputError, ModelFileError
 from albert_ref.memory import weight_copy
 from albert_ref.pipeline import Pipeline
 from albert_ref.tokenizer import DEFAULT_OPTIONS, check_options
@@ -178,8 +178,9 @@ def check_finite(name: str, array: np.ndarray, where: str = "") -> None:
     # The sum is finite only if every term is (IEEE additions propagate NaN and infinities):
     # one pass at memory speed, no tensor-sized temporary. A finite tensor whose sum
     # overflows gets the exact test.
-    if np.isfinite(np.add.reduce(array, axis=None)):
-        return
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(np.add.reduce(array, axis=None)):
+            return
     if not np.isfinite(array).all():
         bad = np.argwhere(~np.isfinite(array))[0]
         raise ModelFileError(f"{where}tensor {name}: non-finite value {array[tuple(bad)]} at index {tuple(bad.tolist())}")
@@ -281,7 +282,7 @@ def _reading(path, read):
             return read(f, path)
     except _NotTheFile as exc:   # a converter's failure (an unknown isa, no GPU, no memory): its own error
         raise exc.__cause__ from None
-    except AlbertRefError:
+    except ModelFileError:
         raise
     except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
         # h5py reports damaged metadata and data blocks this way.
@@ -594,13 +595,12 @@ class _MappedData:
         """Drop the array's pages from the process, and those within FAULT_AROUND of it: a
         fault maps the neighbouring pages too, and would leave a little of each tensor
         resident otherwise."""
-        if self._map is None or not hasattr(mmap, "MADV_DONTNEED"):
+        if not hasattr(mmap, "MADV_DONTNEED") or not self.on_map(array):   # h5py read it
             return
         start = array.ctypes.data - self._bytes.ctypes.data
-        if 0 <= start < self._size:   # not an array read by h5py
-            first = max(0, start - FAULT_AROUND) // mmap.PAGESIZE * mmap.PAGESIZE
-            end = min(self._size, start + array.nbytes + FAULT_AROUND)
-            self._map.madvise(mmap.MADV_DONTNEED, first, end - first)
+        first = max(0, start - FAULT_AROUND) // mmap.PAGESIZE * mmap.PAGESIZE
+        end = min(self._size, start + array.nbytes + FAULT_AROUND)
+        self._map.madvise(mmap.MADV_DONTNEED, first, end - first)
 
     def released(self, fn, array, *args):
         """fn(array, *args), then release(array): for the hasher thread."""
