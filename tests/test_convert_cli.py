@@ -168,8 +168,9 @@ def _flip(path: Path, offset: int) -> None:
 
 
 # A stored (level 0) gzip inflates a flipped byte without complaint: only its CRC-32, at the
-# stream's end, tells. Flipped in the first tar header (tarfile fails first) or in the last
-# member's data (tarfile succeeds), it is the download that is damaged.
+# stream's end, tells. Flipped in the first tar header (tarfile fails first) or in the tar's
+# zero padding after its end-of-archive marker (which tarfile never reads), it is the
+# download that is damaged.
 @pytest.mark.parametrize("name, damage, message", [
     ("m.tar.gz", lambda a: a.write_bytes(a.read_bytes()[: a.stat().st_size // 2]), "damaged gzip stream"),
     ("m.tar.gz", lambda a: _flip(a, 10 + 5 + 100), "damaged gzip stream"),

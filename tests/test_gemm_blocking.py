@@ -6,6 +6,7 @@ reference by tests/test_conformance.py; here the settings themselves vary, on th
 tile shape that every host runs."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import numpy as np
@@ -22,8 +23,7 @@ SSE = isa.VARIANTS["sse"]
 @functools.lru_cache(maxsize=None)
 def kernels(unroll, kblocks):
     """A kernel set of the sse shape with these settings, cached under its own name."""
-    v = isa.Variant(f"test_u{unroll}_kb{kblocks}", SSE.mr, SSE.nr, SSE.vw, "test", unroll=unroll, kblocks=kblocks,
-                    mc=SSE.mc, nc=SSE.nc)
+    v = dataclasses.replace(SSE, name=f"test_u{unroll}_kb{kblocks}", doc="test", unroll=unroll, kblocks=kblocks)
     return isa.KernelSet(v)
 
 

@@ -143,16 +143,30 @@ def test_reader_refuses_external_storage(good_file, tmp_path):
         read_model(good_file)
 
 
-def test_nan_hidden_behind_a_matching_checksum_is_refused(good_file):
-    def poison(f):
+def _set_bias(values):
+    """An edit of the pooler bias's first elements, with a matching dataset checksum."""
+    def edit(f):
         ds = f["weights/bert/pooler/dense/bias"]
         data = ds[()]
-        data[1] = np.inf
+        data[:len(values)] = values
         ds[...] = data
         ds.attrs["sha256"] = sha256(data)
-    _edit(good_file, poison)
-    with pytest.raises(ModelFileError, match="pooler/dense/bias: non-finite value inf at index \\(1,\\)"):
+    return edit
+
+
+@pytest.mark.parametrize("values, where", [([0.0, np.inf], "inf at index \\(1,\\)"),
+                                           ([np.inf, -np.inf], "inf at index \\(0,\\)")])  # the sum is NaN
+def test_nan_hidden_behind_a_matching_checksum_is_refused(good_file, values, where):
+    _edit(good_file, _set_bias(values))
+    with pytest.raises(ModelFileError, match=f"pooler/dense/bias: non-finite value {where}"):
         read_model(good_file)
+
+
+def test_a_finite_tensor_whose_sum_overflows_is_read(good_file):
+    """The finiteness check sums first; a sum that overflows is not a non-finite value."""
+    _edit(good_file, _set_bias([3e38, 3e38, 3e38]))
+    back = read_model(good_file, verify=False)   # the edit leaves the manifest's checksum behind
+    assert np.all(back.tensors["bert/pooler/dense/bias"][:3] == np.float32(3e38))
 
 
 def test_truncated_file(good_file):

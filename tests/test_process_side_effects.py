@@ -17,6 +17,20 @@ def run_fresh(code, **env):
     return r.stdout
 
 
+def test_importing_albert_ref_loads_nothing_heavy():
+    """Every process that imports albert_ref (the CLI, its compile helpers, a Dask worker)
+    would pay for these; each loads when first used."""
+    run_fresh("""
+        import sys
+        import albert_ref
+        heavy = {"h5py", "sentencepiece", "tqdm", "numba", "albert_ref.model", "albert_ref.encoder"} & set(sys.modules)
+        assert not heavy, heavy
+        from albert_ref import embed_job, tokenizer   # what every CLI command's parser imports
+        assert not {"sentencepiece", "tqdm", "numba"} & set(sys.modules)
+        assert albert_ref.load.__module__ == "albert_ref.model" and "h5py" in sys.modules
+    """)
+
+
 def test_the_heap_setting_is_the_cli_s_opt_in():
     run_fresh("""
         import numpy as np
