@@ -100,26 +100,26 @@ def make_micro(mr, nr, vw, unroll):
     nv = nr // vw
 
     @intrinsic
-    def micro(typingctx, a, a_off, a_ks, a_rs, b, b_off, kc, c, c_off, ldc, accumulate):
+    def micro(typingctx, a, a_off, a_rs, b, b_off, kc, c, c_off, ldc, accumulate):
         """C[r, :] (=|+=) chain_k fma(A[r, k], B[k, :]) for an mr x nr tile, k < kc, one
         chain per KB-block of k (k = 0 being a block edge of the dot product), each stored
         (first block, accumulate == 0) or added into C before the next.
 
-        a: flat A, element (r, k) at a_off + k*a_ks + r*a_rs (row-major A, as every caller
-        passes it: a_ks = 1, a_rs = its row stride); b: packed B (nr
+        a: flat A, element (r, k) at a_off + k + r*a_rs (row-major A, a_rs its row
+        stride); b: packed B (nr
         floats per k) at b_off; c: flat float32 output, tile origin c_off, row stride ldc."""
-        sig = types.void(a, types.intp, types.intp, types.intp, b, types.intp, types.intp, c, types.intp,
+        sig = types.void(a, types.intp, types.intp, b, types.intp, types.intp, c, types.intp,
                          types.intp, types.intp)
 
         def codegen(context, builder, signature, args):
-            a_v, a_off_v, a_ks_v, a_rs_v, b_v, b_off_v, kc_v, c_v, c_off_v, ldc_v, acc_v = args
+            a_v, a_off_v, a_rs_v, b_v, b_off_v, kc_v, c_v, c_off_v, ldc_v, acc_v = args
             fty = ir.FloatType()
             vty = ir.VectorType(fty, vw)
             ity = ir.IntType(64)
             i32 = ir.IntType(32)
             a_ptr = builder.gep(context.make_array(signature.args[0])(context, builder, a_v).data, [a_off_v])
-            b_ptr = builder.gep(context.make_array(signature.args[4])(context, builder, b_v).data, [b_off_v])
-            c_ptr = builder.gep(context.make_array(signature.args[7])(context, builder, c_v).data, [c_off_v])
+            b_ptr = builder.gep(context.make_array(signature.args[3])(context, builder, b_v).data, [b_off_v])
+            c_ptr = builder.gep(context.make_array(signature.args[6])(context, builder, c_v).data, [c_off_v])
             a_rows = [builder.gep(a_ptr, [builder.mul(a_rs_v, ir.Constant(ity, r))]) for r in range(mr)]
             fma_v = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty] * 3),
                                                    f"llvm.fma.v{vw}f32")
@@ -140,10 +140,9 @@ def make_micro(mr, nr, vw, unroll):
                 bp = builder.gep(b_ptr, [builder.mul(k, ir.Constant(ity, nr))])
                 bvec = [builder.load(builder.bitcast(builder.gep(bp, [ir.Constant(ity, vw * v)]), vty.as_pointer()),
                                      align=4) for v in range(nv)]
-                ka = builder.mul(k, a_ks_v)
                 new = []
                 for r in range(mr):
-                    av = builder.load(builder.gep(a_rows[r], [ka]), align=4)
+                    av = builder.load(builder.gep(a_rows[r], [k]), align=4)
                     splat = builder.shuffle_vector(builder.insert_element(undef, av, ir.Constant(i32, 0)),
                                                    undef, splat_mask)
                     for v in range(nv):
@@ -219,7 +218,7 @@ def make_micro(mr, nr, vw, unroll):
     return micro
 
 
-def micro_exact(mr, nr, a, a_off, a_ks, a_rs, b, b_off, kc, c, c_off, ldc, accumulate):
+def micro_exact(mr, nr, a, a_off, a_rs, b, b_off, kc, c, c_off, ldc, accumulate):
     """The micro-kernel in Python, each output's fma chain and block folds in the compiled
     kernel's order: its stand-in where Numba runs kernels as Python."""
     for kb in range(0, max(kc, 1), KB):
@@ -227,7 +226,7 @@ def micro_exact(mr, nr, a, a_off, a_ks, a_rs, b, b_off, kc, c, c_off, ldc, accum
             for n in range(nr):
                 acc = _F32(0.0)
                 for k in range(kb, min(kb + KB, kc)):
-                    acc = fma_exact(a[a_off + r * a_rs + k * a_ks], b[b_off + k * nr + n], acc)
+                    acc = fma_exact(a[a_off + r * a_rs + k], b[b_off + k * nr + n], acc)
                 i = c_off + r * ldc + n
                 c[i] = c[i] + acc if accumulate or kb else acc
 
@@ -297,7 +296,7 @@ def gemm_tile(a, a0, lda, M, bp, c, c0, ldc, N, i0, i1, j0, j1, ka, kz, tmp, edg
             b_off = ((j // NR) * K + k0) * NR
             for i in range(i0, i1, MR):
                 if i + MR <= M and j + NR <= N:
-                    _micro(a, a0 + i * lda + k0, 1, lda, bf, b_off, kc, c, c0 + i * ldc + j, ldc, acc)
+                    _micro(a, a0 + i * lda + k0, lda, bf, b_off, kc, c, c0 + i * ldc + j, ldc, acc)
                 else:
                     # the tile through tmp, which holds C's part of it (when adding to C)
                     rows = min(MR, M - i)
@@ -307,9 +306,9 @@ def gemm_tile(a, a0, lda, M, bp, c, c0, ldc, N, i0, i1, j0, j1, ka, kz, tmp, edg
                             for col in range(cols):
                                 tmp[r * NR + col] = c[c0 + (i + r) * ldc + j + col]
                     if i + MR <= M:
-                        _micro(a, a0 + i * lda + k0, 1, lda, bf, b_off, kc, tmp, 0, NR, acc)
+                        _micro(a, a0 + i * lda + k0, lda, bf, b_off, kc, tmp, 0, NR, acc)
                     else:
-                        _micro(ef, k0, 1, K, bf, b_off, kc, tmp, 0, NR, acc)
+                        _micro(ef, k0, K, bf, b_off, kc, tmp, 0, NR, acc)
                     for r in range(rows):
                         for col in range(cols):
                             c[c0 + (i + r) * ldc + j + col] = tmp[r * NR + col]
@@ -358,8 +357,8 @@ def tile_sizes(M, N, K, threads, variant):
     """Cache/parallel tiling for an isa.Variant: its mr x nr micro-tile, tiles of at most
     its mc x nc (speed only, never the bits)."""
     mr, nr = variant.mr, variant.nr
-    mc = min(max(mr, variant.mc - variant.mc % mr), -(-M // mr) * mr)
-    nc = max(nr, variant.nc - variant.nc % nr)
+    mc = min(variant.mc, -(-M // mr) * mr)   # gemm_part rounds tiles to whole micro-tiles
+    nc = variant.nc
     while nc > nr and (-(-M // mc)) * (-(-N // nc)) < 4 * threads:
         nc = max(nr, (nc // 2) - (nc // 2) % nr)
     kchunk = 1024 if M * N >= (1 << 20) else K

@@ -158,8 +158,8 @@ def micro_llvm(mr, nr, vw, unroll):
     micro = gemm.make_micro(mr, nr, vw, unroll)
 
     @njit
-    def call(a, a_off, a_ks, a_rs, b, b_off, kc, c, c_off, ldc, accumulate):
-        micro(a, a_off, a_ks, a_rs, b, b_off, kc, c, c_off, ldc, accumulate)
+    def call(a, a_off, a_rs, b, b_off, kc, c, c_off, ldc, accumulate):
+        micro(a, a_off, a_rs, b, b_off, kc, c, c_off, ldc, accumulate)
     return call
 
 
@@ -175,8 +175,8 @@ def test_micro_exact_folds_blocks_as_the_compiled_micro_kernel(kc, accumulate):
     b = rng.standard_normal(b_off + max(kc, 1) * nr).astype(F)
     c0 = rng.standard_normal(c_off + mr * ldc).astype(F)
     got, want = c0.copy(), c0.copy()
-    gemm.micro_exact(mr, nr, a, a_off, 1, a_rs, b, b_off, kc, got, c_off, ldc, accumulate)
-    micro_llvm(mr, nr, 4, 2)(a, a_off, 1, a_rs, b, b_off, kc, want, c_off, ldc, accumulate)
+    gemm.micro_exact(mr, nr, a, a_off, a_rs, b, b_off, kc, got, c_off, ldc, accumulate)
+    micro_llvm(mr, nr, 4, 2)(a, a_off, a_rs, b, b_off, kc, want, c_off, ldc, accumulate)
     assert_equal_bits(got, want)
     tile = got[c_off:].reshape(mr, ldc)[:, :nr]
     if accumulate == 0:
