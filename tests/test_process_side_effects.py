@@ -63,3 +63,26 @@ def test_the_simulator_patch_is_an_opt_in():
             warnings.simplefilter("error")
             CudaOps()
     """, NUMBA_ENABLE_CUDASIM="1")
+
+
+def test_the_simulator_patch_calls_the_simulator_as_it_is():
+    """The lock wraps whichever FakeCUDAShared.array the process has: numba-cuda's takes an
+    alignment, the simulator bundled with older numba does not. Dynamic shared memory
+    (shape 0) goes to the original without one; a fixed-size array is made once per line,
+    under the lock."""
+    run_fresh("""
+        import numpy as np
+        from numba.cuda.simulator import kernelapi
+        seen = []
+        def without_alignment(self, shape, dtype):
+            seen.append(shape)
+            return np.zeros(3, dtype)
+        kernelapi.FakeCUDAShared.array = without_alignment
+        from albert_ref.kernels import cuda_fmath
+        cuda_fmath.lock_simulated_shared_arrays()
+        shared = kernelapi.FakeCUDAShared(12)
+        assert shared.array(0, np.float32).shape == (3,) and seen == [0]
+        same_line = [shared.array(5, np.float32) for _ in range(2)]
+        assert same_line[0] is same_line[1] and same_line[0].shape == (5,) and seen == [0]
+        assert shared.array(5, np.float32) is not same_line[0]
+    """, NUMBA_ENABLE_CUDASIM="1")
