@@ -21,7 +21,9 @@
 # Not run by CI (minutes of emulated Numba compiling). Results: benchmarks/RESULTS.md, "Arm64".
 #
 # Environment: ARM64_CHECK_DIR (default ~/.cache/albert-ref-arm64) holds the sysroot, wheels
-# and site directories; PYTHON (default .venv/bin/python, else python3) is the host interpreter
+# and site directories, which every checkout on the machine shares (set up under a lock);
+# albert-ref itself goes into a directory of this run's own, removed at exit, so that runs
+# from two checkouts never test each other's code. PYTHON (default .venv/bin/python, else python3) is the host interpreter
 # whose pip downloads the wheels and whose package versions are pinned.
 set -euo pipefail
 
@@ -36,7 +38,6 @@ case "$WHAT" in smoke|golden|all) ;; *) echo "usage: $0 [smoke|golden|all]" >&2;
 
 SYSROOT=$DIR/sysroot
 SITE=$DIR/site-packages
-APP=$DIR/albert-ref
 # python3.11:arm64 and its arm64 dependency closure (apt-cache depends --recurse, bookworm), less
 # what a non-interactive interpreter never loads (dpkg, tar, install-info and their libraries);
 # libstdc++6 for the C++ extension modules (sentencepiece).
@@ -123,10 +124,11 @@ EOF
 }
 
 install_app() {
+    mkdir -p "$DIR"
+    APP=$(mktemp -d "$DIR/app.XXXXXX")
+    trap 'rm -rf "$APP"' EXIT
     say "albert-ref from $REPO into $APP"
-    rm -rf "$APP.partial"
-    "$PY" -m pip install -q --no-deps --target "$APP.partial" "$REPO"
-    rm -rf "$APP" && mv "$APP.partial" "$APP"
+    "$PY" -m pip install -q --no-deps --target "$APP" "$REPO"
 }
 
 # The emulated interpreter, with nothing from the host's Python environment.
@@ -177,9 +179,13 @@ run_emulated() {
 }
 
 echo "host: $(uname -m), $(lscpu 2>/dev/null | sed -n 's/^Model name: *//p'), $(nproc) cores; host python $("$PY" -V 2>&1)"
+mkdir -p "$DIR"
+exec 8>"$DIR/.setup.lock"
+flock 8
 setup_qemu
 setup_sysroot
 setup_wheels
+flock -u 8
 install_app
 case "$WHAT" in
     smoke) run_emulated smoke "$SMOKE" ;;
