@@ -125,6 +125,23 @@ def test_version_1_files_load_with_their_weaker_guarantee(good_file, model, caps
     assert read_model(good_file).digest != model.digest  # ...but the digest still tells
 
 
+def test_read_header_of_a_version_1_file_keeps_no_tensor(good_file, model, monkeypatch):
+    """Without a manifest, the digest comes from each tensor's shape, dtype and stored
+    checksum; nothing is copied off the file (xlarge: 235 MB), and a tensor's data is
+    hashed only where its stored checksum is unusable, as read_model(verify=False) does."""
+    from albert_ref.weights import model_file
+    as_format_version_1(good_file)
+
+    def no_copy(array):
+        raise AssertionError("read_header copied a tensor")
+    monkeypatch.setattr(model_file, "weight_copy", no_copy)
+    assert read_header(good_file).digest == model.digest
+    _edit(good_file, lambda f: f[BLOCK + "query/kernel"].attrs.__setitem__("sha256", "not a checksum"))
+    header = read_header(good_file)
+    monkeypatch.undo()
+    assert header.digest == model.digest == read_model(good_file, verify=False).digest
+
+
 def test_writing_always_writes_the_current_version(good_file, tmp_path, model):
     as_format_version_1(good_file)
     upgraded = tmp_path / "new.h5"

@@ -253,12 +253,13 @@ def read_header(path) -> ModelHeader:
     tensors (for `albert-ref tokenize`, and for a Dask client whose workers load the
     model). Validated as read_model validates them: the tokenizer's bytes against their
     SHA-256 and, in a version-2 file, config, tokenizer and pipeline against the manifest,
-    whose digest is checked. A version-1 file has no manifest: its tensors are read for
-    their stored checksums."""
+    whose digest is checked. A version-1 file has no manifest: its digest is made from each
+    tensor's shape, dtype and stored checksum, its tensors checked as read_model checks
+    them without verifying, and none kept."""
     def read(f, path):
-        version, config, manifest, pipeline = _read_header(f, path)
+        header = version, config, manifest, pipeline = _read_header(f, path)
         if manifest is None:
-            model = _read(f, path, verify=False)
+            model = _read(f, path, verify=False, convert=_keep_none, header=header)
             return ModelHeader(config, model.spm_model, model.tokenizer_options, pipeline, model.digest)
         spm_model, checksum, options = _read_tokenizer(f, _walk(f, path), path, verify=True)
         actual = {"config": config.to_dict(), "tokenizer": tokenizer_entry(spm_model, options, checksum),
@@ -359,8 +360,14 @@ def _read_tokenizer(f: h5py.File, datasets: dict, path: Path, verify: bool):
     return spm_model.tobytes(), checksum, options
 
 
-def _read(f: h5py.File, path: Path, verify: bool, convert=None) -> ModelFile:
-    version, config, manifest, pipeline = _read_header(f, path)
+def _keep_none(name, array):
+    """A converter that keeps no tensor: the manifest entries are all read_header needs."""
+    return None
+
+
+def _read(f: h5py.File, path: Path, verify: bool, convert=None, header=None) -> ModelFile:
+    """header: _read_header's result, when the caller has it already."""
+    version, config, manifest, pipeline = header or _read_header(f, path)
     provenance = _json_attr(f, "provenance", path)
     datasets = _walk(f, path)
     unexpected = sorted(n for n in datasets if not n.startswith("weights/") and n != "tokenizer/sentencepiece")
