@@ -30,7 +30,7 @@ import warnings
 
 import numpy as np
 
-from albert_ref.ops import embedding_indices, real_keys, size_class
+from albert_ref.ops import check_out, embedding_indices, real_keys, size_class
 from albert_ref.errors import AlbertRefError
 from albert_ref.forward import is_dense_kernel
 
@@ -143,6 +143,9 @@ class CudaOps:
         """Nothing to scope: the device buffer pool lives as long as the backend."""
         return contextlib.nullcontext()
 
+    def empty(self, shape):
+        return self._empty(shape)
+
     def _empty(self, shape):
         if self._pool is not None:
             try:
@@ -198,7 +201,7 @@ class CudaOps:
         self._k_ln.launch_layer_norm(x2, r2, self._dev(gamma), self._dev(beta), eps, out, rows=self.layer_norm_rows)
         return out.reshape(*shape)
 
-    def dense(self, x, kernel, bias, activation=None):
+    def dense(self, x, kernel, bias, activation=None, out=None):
         K, N = kernel.shape
         shape = tuple(x.shape)
         if shape[-1] != K:
@@ -209,9 +212,17 @@ class CudaOps:
         M = int(np.prod(lead))
         x = self._dev(x)
         x2 = self._contiguous(x) if x.ndim == 2 else self._contiguous(x.reshape(M, K))
-        out = self._empty((M, N))
-        self._k_gemm.launch_dense(x2, self._dev(kernel), self._dev(bias), out, activation, tile=self.dense_tile)
-        return out.reshape(*lead, N)
+        if out is None:
+            out2 = self._empty((M, N))
+        else:
+            if not _on_device(out):
+                raise ValueError("dense: out must be a device array of this backend's (from empty)")
+            check_out(out, (*lead, N), np.float32)
+            if not out.is_c_contiguous():
+                raise ValueError("dense: out must be C-contiguous (e.g. a block of rows)")
+            out2 = out.reshape(M, N)
+        self._k_gemm.launch_dense(x2, self._dev(kernel), self._dev(bias), out2, activation, tile=self.dense_tile)
+        return out2.reshape(*lead, N) if out is None else out
 
     def _real_keys(self, input_mask):
         keys = np.ascontiguousarray(real_keys(input_mask))

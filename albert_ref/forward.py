@@ -58,9 +58,33 @@ def self_attention(ops, params, prefix: str, config: AlbertConfig, x, input_mask
 
 
 def feed_forward(ops, params, prefix: str, config: AlbertConfig, x):
+    """dense + activation up to the intermediate size, then back down. A backend with
+    `ffn_rows` runs it on blocks of at most that many of the B * S rows, so that the
+    intermediate, 4 times the hidden state (xlarge, 32 x 128 tokens: 128 MB), is never
+    whole; each row's result is the same whichever block computes it."""
     p = prefix + "ffn_1/intermediate/"
-    h = ops.dense(x, params[p + "dense/kernel"], params[p + "dense/bias"], config.hidden_act)  # [B, S, H] -> [B, S, I]
-    return ops.dense(h, params[p + "output/dense/kernel"], params[p + "output/dense/bias"])  # [B, S, I] -> [B, S, H]
+    up = params[p + "dense/kernel"], params[p + "dense/bias"], config.hidden_act
+    down = params[p + "output/dense/kernel"], params[p + "output/dense/bias"]
+    B, S, H = x.shape
+    blocks = row_blocks(B * S, getattr(ops, "ffn_rows", None))
+    if len(blocks) == 1:
+        return ops.dense(ops.dense(x, *up), *down)  # [B, S, H] -> [B, S, I] -> [B, S, H]
+    rows, out = x.reshape(B * S, H), ops.empty((B * S, H))
+    for r0, r1 in blocks:
+        ops.dense(ops.dense(rows[r0:r1], *up), *down, out=out[r0:r1])
+    return out.reshape(B, S, H)
+
+
+def row_blocks(n: int, most: int | None) -> list[tuple[int, int]]:
+    """[r0, r1) blocks covering n rows: as few as blocks of at most `most` rows allow (one
+    if None), near-equal, and of a multiple of 16 rows (whole micro-tiles and CUDA tiles)
+    but the last, where `most` leaves room."""
+    if not most or n <= most:
+        return [(0, n)]
+    size = -(-n // -(-n // most))
+    if -(-size // 16) * 16 <= most:
+        size = -(-size // 16) * 16
+    return [(r0, min(n, r0 + size)) for r0 in range(0, n, size)]
 
 
 def transformer_block(ops, params, prefix: str, config: AlbertConfig, x, input_mask):

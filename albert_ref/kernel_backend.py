@@ -17,7 +17,7 @@ import weakref
 import numba
 import numpy as np
 
-from albert_ref.ops import embedding_indices, real_keys, size_class
+from albert_ref.ops import check_out, embedding_indices, real_keys, size_class
 from albert_ref.errors import InputError, IsaError
 from albert_ref.forward import is_dense_kernel
 from albert_ref.parts import run_parts
@@ -107,6 +107,12 @@ class KernelOps:
     else the widest the CPU runs). The reference kernels have none (`isa` is None)."""
 
     dtype = np.dtype(np.float32)
+    # The feed-forward in blocks of 256 rows (forward.feed_forward): its intermediate then
+    # takes 8 MB for xlarge instead of 32 MB at 8 x 128 tokens (128 MB at 32 x 128), and the
+    # peak RSS of that pass is 32 MB lower; the pass took ~1% longer, each FFN weight now
+    # streaming from memory once per block (benchmarks/RESULTS.md, "Feed-forward in row
+    # blocks"). None: whole.
+    ffn_rows = 256
 
     def __init__(self, fast: bool = True, threads: int | None = None, isa: str | None = None):
         self.fast = bool(fast)
@@ -127,6 +133,9 @@ class KernelOps:
     def workspace(self):
         """A scope (one forward pass) within which results reuse dead results' buffers."""
         return self._workspace.scope()
+
+    def empty(self, shape):
+        return self._workspace.empty(shape)
 
     # -- parameters ---------------------------------------------------------------------
     def prepare(self, name, array):
@@ -176,21 +185,27 @@ class KernelOps:
             _ln.layer_norm_ref(x2, r2, has_res, gamma, beta, np.float32(eps), out)
         return out.reshape(shape)
 
-    def dense(self, x, kernel, bias, activation=None):
+    def dense(self, x, kernel, bias, activation=None, out=None):
         act = _gemm.ACT_CODES[activation]
         lead = x.shape[:-1]
         K, N = kernel.shape
         if x.shape[-1] != K:
             raise ValueError(f"dense: input has {x.shape[-1]} features, kernel expects {K}")
         x2 = _f32(x).reshape(-1, K)
-        out = self._workspace.empty((x2.shape[0], N))
+        if out is None:
+            out2 = self._workspace.empty((x2.shape[0], N))
+        else:
+            check_out(out, (*lead, N), np.float32)
+            if not out.flags.c_contiguous:
+                raise ValueError("dense: out must be C-contiguous (e.g. a block of rows)")
+            out2 = out.reshape(x2.shape[0], N)
         if self.fast:
             if kernel.variant != self.isa:
                 raise ValueError(f"dense: kernel packed for isa {kernel.variant.name!r}, backend runs {self.isa.name!r}")
-            self._kernels.dense(x2, kernel.panels, bias, act, self.threads, out)
+            self._kernels.dense(x2, kernel.panels, bias, act, self.threads, out2)
         else:
-            _gemm.dense_ref(x2, kernel, bias, act, out)
-        return out.reshape(*lead, N)
+            _gemm.dense_ref(x2, kernel, bias, act, out2)
+        return out2.reshape(*lead, N) if out is None else out
 
     def attention(self, q, k, v, input_mask, num_heads):
         q, k, v = _f32(q), _f32(k), _f32(v)

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from albert_ref.ops import real_keys
+from albert_ref.ops import check_out, real_keys
 
 
 @functools.lru_cache(maxsize=None)
@@ -61,6 +61,9 @@ class NumpyOps:
     def prepare(self, name, array):
         return np.ascontiguousarray(array, dtype=self.dtype)
 
+    def empty(self, shape):
+        return np.empty(shape, dtype=self.dtype)
+
     def embed(self, input_ids, segment_ids, word, token_type, position):
         seq_len = input_ids.shape[1]
         return (word[input_ids] + token_type[segment_ids]) + position[:seq_len]
@@ -74,8 +77,13 @@ class NumpyOps:
         inv = (1.0 / np.sqrt(var + self.dtype.type(eps))) * gamma
         return x * inv + (beta - mean * inv)
 
-    def dense(self, x, kernel, bias, activation=None):
-        return ACTIVATIONS[activation](np.matmul(x, kernel) + bias)
+    def dense(self, x, kernel, bias, activation=None, out=None):
+        result = ACTIVATIONS[activation](np.matmul(x, kernel) + bias)
+        if out is None:
+            return result
+        check_out(out, result.shape, result.dtype)
+        out[...] = result
+        return out
 
     def attention(self, q, k, v, input_mask, num_heads):
         b, s, h = q.shape

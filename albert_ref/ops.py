@@ -36,7 +36,12 @@ class Ops(Protocol):
         """A stored tensor, by its TF name, in the form the other ops take (e.g. packed panels)."""
 
     # Optional: warm_up(), loading the backend's compiled kernels before the first pass
-    # (albert_ref.load calls it, if present, while it reads the weights).
+    # (albert_ref.load calls it, if present, while it reads the weights); ffn_rows, the most
+    # rows forward.feed_forward gives one block of its two dense layers (absent or None:
+    # all of them at once).
+
+    def empty(self, shape) -> Any:
+        """An uninitialised array of the backend's (within a workspace scope, from its buffers)."""
 
     def embed(self, input_ids, segment_ids, word, token_type, position):
         """(word[ids] + token_type[segment_ids]) + position: [B, S] -> [B, S, E]."""
@@ -44,8 +49,9 @@ class Ops(Protocol):
     def layer_norm(self, x, residual, gamma, beta, eps):
         """LayerNorm(x + residual) (residual may be None), TF's order."""
 
-    def dense(self, x, kernel, bias, activation=None):
-        """activation(x @ kernel + bias); kernel as prepared, [in, out]."""
+    def dense(self, x, kernel, bias, activation=None, out=None):
+        """activation(x @ kernel + bias); kernel as prepared, [in, out]. out: an array of the
+        result's shape (e.g. rows of a larger one from `empty`) to write it into and return."""
 
     def attention(self, q, k, v, input_mask, num_heads):
         """Multi-head softmax(q k^T / sqrt(d)) v over each sequence's real keys: [B, S, H]."""
@@ -108,6 +114,13 @@ def embedding_indices(input_ids, segment_ids, word, token_type, position):
     if ids.shape[1] > position.shape[0]:
         raise ValueError(f"sequence length {ids.shape[1]} exceeds max_position_embeddings {position.shape[0]}")
     return ids, segs
+
+
+def check_out(out, shape, dtype) -> None:
+    """dense's `out`: the result's shape and dtype, or a ValueError naming the difference."""
+    if tuple(out.shape) != tuple(shape) or np.dtype(out.dtype) != np.dtype(dtype):
+        raise ValueError(f"dense: out is {np.dtype(out.dtype)} {tuple(out.shape)}, the result "
+                         f"{np.dtype(dtype)} {tuple(shape)}")
 
 
 def size_class(nbytes: int) -> int:

@@ -157,6 +157,15 @@ def _dense_strided(ops, rng):
     return ops.dense(seq[:, 0], ops.prepare("case/kernel", randn(rng, 16, 8)), randn(rng, 8), "tanh")
 
 
+def _dense_into_rows(ops, rng):
+    """dense(..., out=) into a block of rows of a larger array from ops.empty, as
+    forward.feed_forward's blocks write: those rows of the larger array are the result."""
+    x, w, b = randn(rng, 20, 24), randn(rng, 24, 10), randn(rng, 10)
+    out = ops.empty((30, 10))
+    ops.dense(x, ops.prepare("case/kernel", w), b, "gelu_tanh", out=out[5:25])
+    return out[5:25]
+
+
 def _edges(sizes, lo=1):
     """Every size in `sizes`, one less and one more."""
     return sorted({s + d for s in sizes for d in (-1, 0, 1) if s + d >= lo})
@@ -181,7 +190,8 @@ CUDA_EDGES = {name: [_dense(8 * ty + d, bk - d, 8 * tx - d, ACTS[(ty + tx + d) %
 DENSE = DENSE_GRID + [case for cases in CUDA_EDGES.values() for case in cases]
 DENSE += [_dense(13, 1100, 70, "gelu_tanh"),                                  # several K chunks of the fast path
           _dense(5, 129, 17, None, "nan"), _dense(7, 64, 13, "gelu_erf", "inf"), _dense(6, 200, 65, "tanh", "-inf"),
-          ("dense-signed-zero", _dense_signed_zero), ("dense-strided-input", _dense_strided)]
+          ("dense-signed-zero", _dense_signed_zero), ("dense-strided-input", _dense_strided),
+          ("dense-into-rows", _dense_into_rows)]
 
 
 def _layer_norm(M, n, residual, special=None):
@@ -266,7 +276,7 @@ assert len(OPS) == len(DENSE + LAYER_NORM + ATTENTION + EMBED), "case ids must b
 # each op.
 SIM_GPU_ONLY = {"attention-2x300-h2x8-all", "attention-2x129-h2x12-holes"}
 SIM_GPU_ONLY |= {case for i, (case, _) in enumerate(DENSE_GRID) if i // (len(KS) * len(ACTS)) % 3}
-SIM_TILINGS = {"dense-strided-input", "dense-signed-zero", "layer_norm-13x129-res", "layer_norm-constant-rows-3d",
+SIM_TILINGS = {"dense-strided-input", "dense-signed-zero", "dense-into-rows", "layer_norm-13x129-res", "layer_norm-constant-rows-3d",
                "attention-2x7-h2x7-holes", "attention-nan-inf-scores", "embed-2x7x16"}
 
 

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from albert_ref.forward import row_blocks
 from albert_ref.numpy_backend import NumpyOps
 from albert_ref.kernel_backend import KernelOps
 from model_util import HEADS, random_inputs, random_params, run_forward, tiny_config
@@ -35,6 +36,40 @@ def test_one_thread_equals_two_threads_and_rerun(cpu):
     two = run_forward(cpu, raw, config, ids, mask, segs)
     assert_outputs_equal(run_forward(KernelOps(True, threads=1), raw, config, ids, mask, segs), two)
     assert_outputs_equal(run_forward(cpu, raw, config, ids, mask, segs), two)
+
+
+@settings(max_examples=8, deadline=None)
+@given(lengths=st.lists(st.integers(1, 40), min_size=1, max_size=4), seed=st.integers(0, 1000), data=st.data())
+def test_feed_forward_in_row_blocks_changes_no_bit(lengths, seed, data):
+    """forward.feed_forward's blocks of rows (KernelOps.ffn_rows): each row's two dense
+    layers give the same bits whichever block holds it, including a last short one."""
+    config = tiny_config(num_hidden_groups=2)
+    raw = _cached_params(config)
+    ids, mask, segs = random_inputs(config, lengths, seed=seed)
+    rows = data.draw(st.integers(1, ids.size - 1) if ids.size > 1 else st.just(1), label="ffn_rows")
+    whole, blocked = KernelOps(True, threads=2), KernelOps(True, threads=2)
+    whole.ffn_rows, blocked.ffn_rows = None, rows
+    assert len(row_blocks(ids.size, rows)) > 1 or ids.size == 1
+    assert_outputs_equal(run_forward(blocked, raw, config, ids, mask, segs),
+                         run_forward(whole, raw, config, ids, mask, segs))
+
+
+@pytest.mark.parametrize("ops", [KernelOps(True, threads=1), KernelOps(False), NumpyOps("float32")],
+                         ids=["cpu", "reference", "numpy"])
+def test_dense_refuses_an_out_of_another_shape_or_a_strided_one(ops):
+    rng = np.random.default_rng(0)
+    x, w, b = (rng.standard_normal(s, dtype=np.float32) for s in ((6, 4), (4, 3), (3,)))
+    kernel = ops.prepare("t/kernel", w)
+    with pytest.raises(ValueError, match=r"dense: out is float32 \(6, 4\), the result float32 \(6, 3\)"):
+        ops.dense(x, kernel, b, out=np.empty((6, 4), np.float32))
+    with pytest.raises(ValueError, match=r"dense: out is float64 \(6, 3\)"):
+        ops.dense(x, kernel, b, out=np.empty((6, 3)))
+    if ops.name != "numpy":   # NumPy writes into any view
+        with pytest.raises(ValueError, match="C-contiguous"):
+            ops.dense(x, kernel, b, out=np.empty((6, 6), np.float32)[:, ::2])
+    out = np.full((8, 3), 7, np.float32)
+    assert ops.dense(x, kernel, b, out=out[1:7]) is not None and (out[[0, 7]] == 7).all()
+    assert np.array_equal(out[1:7], ops.dense(x, kernel, b))
 
 
 @settings(max_examples=6, deadline=None)

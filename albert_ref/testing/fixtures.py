@@ -35,7 +35,8 @@ class FixturesError(AlbertRefError):
 
 
 class _Recorder:
-    """The backend's ops, keeping each op's output under the name of its parameters."""
+    """The backend's ops, keeping each op's output under the name of its parameters. It has
+    no `ffn_rows`: forward.feed_forward then runs, and records, each dense layer whole."""
 
     def __init__(self, ops, params, num_layers: int):
         self._ops = ops
