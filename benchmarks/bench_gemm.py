@@ -26,10 +26,13 @@ import sys
 import time
 
 
-def time_in_turns(runs, rounds, reps, pause):
+def time_in_turns(runs, rounds, reps, pause=0.3):
     """{name: [seconds per call]}: `rounds` turns, in each `reps` calls of every run in order.
     Blocks of one engine at a time, with pauses: both OpenBLAS's and the OpenMP workers
-    spin after a call and would steal the cores from the next engine."""
+    spin after a call and would steal the cores from the next engine. 0.05 s was too
+    short for OpenBLAS at 2 threads: of two identical kernel configs, the one timed right
+    after numpy ran 6% slower (geomean, M = 1024, Zen 4); after 0.3 s the two were within
+    1.3% (benchmarks/RESULTS.md, "Tuning benchmark pause")."""
     times = {name: [] for name in runs}
     for _ in range(rounds):
         for name, f in runs.items():
@@ -85,7 +88,7 @@ def main(argv=None):
             reused = lambda: kernels.dense(x, bp, bias, 0, args.threads, out)
             theirs = lambda: np.matmul(x, w)
             a, b = ours(), theirs()
-            times = time_in_turns({"ours": ours, "reused": reused, "numpy": theirs}, 2, args.reps, 0.3)
+            times = time_in_turns({"ours": ours, "reused": reused, "numpy": theirs}, 2, args.reps)
             flop = 2.0 * M * N * K
             to, tr, tn = np.median(times["ours"]), np.median(times["reused"]), np.median(times["numpy"])
             ratios.append(tn / to)

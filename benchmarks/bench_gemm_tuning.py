@@ -92,7 +92,7 @@ def main(argv=None):
             elif not np.array_equal(out.view(np.int32), first.view(np.int32)):
                 raise SystemExit(f"{label} gives other bits than {sets[0][0]}: a kernel bug")
         runs["numpy"] = lambda: np.matmul(x, w)
-        times = time_in_turns(runs, args.rounds, args.reps, 0.05)
+        times = time_in_turns(runs, args.rounds, args.reps)
         flop = 2.0 * M * N * K
         tn, bn = np.median(times["numpy"]), min(times["numpy"])
         line = f"M {M} K {K} N {N}: numpy {flop / tn / 1e9:6.1f} GF/s"
