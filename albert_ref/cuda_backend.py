@@ -144,9 +144,6 @@ class CudaOps:
         return contextlib.nullcontext()
 
     def empty(self, shape):
-        return self._empty(shape)
-
-    def _empty(self, shape):
         if self._pool is not None:
             try:
                 return self._pool.empty(shape)
@@ -168,7 +165,7 @@ class CudaOps:
         """a as a C-contiguous 2-D device array (copies a strided view, e.g. x[:, 0])."""
         if a.is_c_contiguous():
             return a
-        out = self._empty(a.shape)
+        out = self.empty(a.shape)
         total = a.shape[0] * a.shape[1]
         if total:
             self._k_gemm.copy_rows_kernel[(total + 255) // 256, 256](a, out)
@@ -186,7 +183,7 @@ class CudaOps:
         ids, segs = embedding_indices(input_ids, segment_ids, word, token_type, position)
         B, S = ids.shape
         word, token_type, position = self._dev(word), self._dev(token_type), self._dev(position)
-        out = self._empty((B, S, word.shape[1]))
+        out = self.empty((B, S, word.shape[1]))
         self._k_emb.launch_embed(self._cuda.to_device(ids.astype(np.int32)), self._cuda.to_device(segs.astype(np.int32)),
                                  word, token_type, position, out)
         return out
@@ -197,7 +194,7 @@ class CudaOps:
         M = int(np.prod(shape[:-1]))
         x2 = self._dev(x).reshape(M, n)
         r2 = None if residual is None else self._dev(residual).reshape(M, n)
-        out = self._empty((M, n))
+        out = self.empty((M, n))
         self._k_ln.launch_layer_norm(x2, r2, self._dev(gamma), self._dev(beta), eps, out, rows=self.layer_norm_rows)
         return out.reshape(*shape)
 
@@ -213,13 +210,11 @@ class CudaOps:
         x = self._dev(x)
         x2 = self._contiguous(x) if x.ndim == 2 else self._contiguous(x.reshape(M, K))
         if out is None:
-            out2 = self._empty((M, N))
+            out2 = self.empty((M, N))
         else:
             if not _on_device(out):
                 raise ValueError("dense: out must be a device array of this backend's (from empty)")
-            check_out(out, (*lead, N), np.float32)
-            if not out.is_c_contiguous():
-                raise ValueError("dense: out must be C-contiguous (e.g. a block of rows)")
+            check_out(out, (*lead, N), np.float32, out.is_c_contiguous())
             out2 = out.reshape(M, N)
         self._k_gemm.launch_dense(x2, self._dev(kernel), self._dev(bias), out2, activation, tile=self.dense_tile)
         return out2.reshape(*lead, N) if out is None else out
@@ -240,6 +235,6 @@ class CudaOps:
         if mask.shape != (B, S):
             raise ValueError(f"input_mask shape {mask.shape} does not match {(B, S)}")
         idx, nreal = self._real_keys(mask)
-        out = self._empty((B, S, H))
+        out = self.empty((B, S, H))
         self._k_att.launch_attention(q, k, v, idx, nreal, num_heads, out, wq=self.attention_rows)
         return out

@@ -107,11 +107,12 @@ class KernelOps:
     else the widest the CPU runs). The reference kernels have none (`isa` is None)."""
 
     dtype = np.dtype(np.float32)
-    # The feed-forward in blocks of 256 rows (forward.feed_forward): its intermediate then
-    # takes 8 MB for xlarge instead of 32 MB at 8 x 128 tokens (128 MB at 32 x 128), and the
-    # peak RSS of that pass is 32 MB lower; the pass took ~1% longer, each FFN weight now
-    # streaming from memory once per block (benchmarks/RESULTS.md, "Feed-forward in row
-    # blocks"). None: whole.
+    # The feed-forward in near-equal blocks of at most 256 rows (forward.feed_forward,
+    # row_blocks): for xlarge its intermediate then takes 8 MB instead of 32 MB at 8 x 128
+    # tokens (128 MB at 32 x 128), and the pass's peak RSS is 32 MB lower (120 MB at
+    # 32 x 128); the 8 x 128 pass took ~1% longer, each FFN weight streaming from memory
+    # once per block (benchmarks/bench_ffn_rows.py; RESULTS.md, the table of commit
+    # f1492e2). None: whole.
     ffn_rows = 256
 
     def __init__(self, fast: bool = True, threads: int | None = None, isa: str | None = None):
@@ -195,10 +196,10 @@ class KernelOps:
         if out is None:
             out2 = self._workspace.empty((x2.shape[0], N))
         else:
-            check_out(out, (*lead, N), np.float32)
-            if not out.flags.c_contiguous:
-                raise ValueError("dense: out must be C-contiguous (e.g. a block of rows)")
+            check_out(out, (*lead, N), np.float32, out.flags.c_contiguous)
             out2 = out.reshape(x2.shape[0], N)
+            if np.may_share_memory(out2, x2):   # the kernels would overwrite x while reading it
+                raise ValueError("dense: out must not overlap x")
         if self.fast:
             if kernel.variant != self.isa:
                 raise ValueError(f"dense: kernel packed for isa {kernel.variant.name!r}, backend runs {self.isa.name!r}")

@@ -51,7 +51,8 @@ class Ops(Protocol):
 
     def dense(self, x, kernel, bias, activation=None, out=None):
         """activation(x @ kernel + bias); kernel as prepared, [in, out]. out: an array of the
-        result's shape (e.g. rows of a larger one from `empty`) to write it into and return."""
+        result's shape (e.g. rows of a larger one from `empty`), not overlapping x, to write
+        it into and return."""
 
     def attention(self, q, k, v, input_mask, num_heads):
         """Multi-head softmax(q k^T / sqrt(d)) v over each sequence's real keys: [B, S, H]."""
@@ -116,11 +117,14 @@ def embedding_indices(input_ids, segment_ids, word, token_type, position):
     return ids, segs
 
 
-def check_out(out, shape, dtype) -> None:
-    """dense's `out`: the result's shape and dtype, or a ValueError naming the difference."""
+def check_out(out, shape, dtype, contiguous: bool = True) -> None:
+    """dense's `out`: the result's shape and dtype, and C-contiguous where the backend's
+    kernels write it so (`contiguous`: whether it is), or a ValueError naming the fault."""
     if tuple(out.shape) != tuple(shape) or np.dtype(out.dtype) != np.dtype(dtype):
         raise ValueError(f"dense: out is {np.dtype(out.dtype)} {tuple(out.shape)}, the result "
                          f"{np.dtype(dtype)} {tuple(shape)}")
+    if not contiguous:
+        raise ValueError("dense: out must be C-contiguous (e.g. a block of rows)")
 
 
 def size_class(nbytes: int) -> int:

@@ -49,9 +49,17 @@ def test_feed_forward_in_row_blocks_changes_no_bit(lengths, seed, data):
     rows = data.draw(st.integers(1, ids.size - 1) if ids.size > 1 else st.just(1), label="ffn_rows")
     whole, blocked = KernelOps(True, threads=2), KernelOps(True, threads=2)
     whole.ffn_rows, blocked.ffn_rows = None, rows
-    assert len(row_blocks(ids.size, rows)) > 1 or ids.size == 1
+    written = []   # the blocks' outputs, as forward.feed_forward writes them
+
+    def dense(x, kernel, bias, activation=None, out=None):
+        if out is not None:
+            written.append(out.shape[0])
+        return KernelOps.dense(blocked, x, kernel, bias, activation, out)
+    blocked.dense = dense
     assert_outputs_equal(run_forward(blocked, raw, config, ids, mask, segs),
                          run_forward(whole, raw, config, ids, mask, segs))
+    blocks = [r1 - r0 for r0, r1 in row_blocks(ids.size, rows)] if ids.size > 1 else []
+    assert written == blocks * config.num_hidden_layers and all(b <= rows for b in blocks)
 
 
 @pytest.mark.parametrize("ops", [KernelOps(True, threads=1), KernelOps(False), NumpyOps("float32")],
@@ -68,8 +76,13 @@ def test_dense_refuses_an_out_of_another_shape_or_a_strided_one(ops):
         with pytest.raises(ValueError, match="C-contiguous"):
             ops.dense(x, kernel, b, out=np.empty((6, 6), np.float32)[:, ::2])
     out = np.full((8, 3), 7, np.float32)
-    assert ops.dense(x, kernel, b, out=out[1:7]) is not None and (out[[0, 7]] == 7).all()
-    assert np.array_equal(out[1:7], ops.dense(x, kernel, b))
+    rows = out[1:7]
+    assert ops.dense(x, kernel, b, out=rows) is rows and (out[[0, 7]] == 7).all()
+    assert np.array_equal(rows, ops.dense(x, kernel, b))
+    if ops.name != "numpy":   # the kernels would read x while writing it
+        square = ops.prepare("t/kernel", np.eye(4, dtype=np.float32))
+        with pytest.raises(ValueError, match="overlap"):
+            ops.dense(x, square, np.zeros(4, np.float32), out=x)
 
 
 @settings(max_examples=6, deadline=None)

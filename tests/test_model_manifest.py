@@ -134,10 +134,18 @@ def test_read_header_of_a_version_1_file_keeps_no_tensor(good_file, model, monke
 
     def no_copy(array):
         raise AssertionError("read_header copied a tensor")
+    hashed = []
+
+    def sha256(data):
+        hashed.append(np.shape(data))
+        return real_sha256(data)
+    real_sha256 = model_file.sha256
     monkeypatch.setattr(model_file, "weight_copy", no_copy)
-    assert read_header(good_file).digest == model.digest
+    monkeypatch.setattr(model_file, "sha256", sha256)
+    assert read_header(good_file).digest == model.digest and hashed == []
     _edit(good_file, lambda f: f[BLOCK + "query/kernel"].attrs.__setitem__("sha256", "not a checksum"))
     header = read_header(good_file)
+    assert hashed == [model.tensors[BLOCK[8:] + "query/kernel"].shape]   # that tensor alone
     monkeypatch.undo()
     assert header.digest == model.digest == read_model(good_file, verify=False).digest
 

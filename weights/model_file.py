@@ -249,13 +249,14 @@ class ModelHeader:
 
 
 def read_header(path) -> ModelHeader:
-    """The config, tokenizer, pipeline and digest of a model file without reading its
+    """The config, tokenizer, pipeline and digest of a model file without keeping its
     tensors (for `albert-ref tokenize`, and for a Dask client whose workers load the
     model). Validated as read_model validates them: the tokenizer's bytes against their
     SHA-256 and, in a version-2 file, config, tokenizer and pipeline against the manifest,
-    whose digest is checked. A version-1 file has no manifest: its digest is made from each
-    tensor's shape, dtype and stored checksum, its tensors checked as read_model checks
-    them without verifying, and none kept."""
+    whose digest is checked; a version-2 file's tensors are not read. A version-1 file has
+    no manifest: its digest is made from each tensor's shape, dtype and stored checksum,
+    its tensors are read once, checked as read_model checks them without verifying (finite
+    values), and none is kept."""
     def read(f, path):
         header = version, config, manifest, pipeline = _read_header(f, path)
         if manifest is None:
