@@ -110,7 +110,7 @@ class KernelOps:
     # The feed-forward in near-equal blocks of at most 256 rows (forward.feed_forward,
     # row_blocks): for xlarge its intermediate then takes 8 MB instead of 32 MB at 8 x 128
     # tokens (128 MB at 32 x 128), and the pass's peak RSS is 32 MB lower (120 MB at
-    # 32 x 128); the 8 x 128 pass took ~1% longer, each FFN weight streaming from memory
+    # 32 x 128); the 8 x 128 pass took 1-2.4% longer, each FFN weight streaming from memory
     # once per block (benchmarks/bench_ffn_rows.py; RESULTS.md, the table of commit
     # f1492e2). None: whole.
     ffn_rows = 256

@@ -124,7 +124,6 @@ EOF
 }
 
 install_app() {
-    mkdir -p "$DIR"
     APP=$(mktemp -d "$DIR/app.XXXXXX")
     trap 'rm -rf "$APP"' EXIT
     say "albert-ref from $REPO into $APP"

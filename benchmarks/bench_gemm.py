@@ -32,7 +32,7 @@ def time_in_turns(runs, rounds, reps, pause=0.3):
     spin after a call and would steal the cores from the next engine. 0.05 s was too
     short for OpenBLAS at 2 threads: of two identical kernel configs, the one timed right
     after numpy ran 6% slower (geomean, M = 1024, Zen 4); after 0.3 s the two were within
-    1.3% (benchmarks/RESULTS.md, "Tuning benchmark pause")."""
+    1.2% (benchmarks/RESULTS.md, "Tuning benchmark pause")."""
     times = {name: [] for name in runs}
     for _ in range(rounds):
         for name, f in runs.items():
