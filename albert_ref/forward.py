@@ -77,13 +77,14 @@ def feed_forward(ops, params, prefix: str, config: AlbertConfig, x):
 
 def row_blocks(n: int, most: int | None) -> list[tuple[int, int]]:
     """[r0, r1) blocks covering n rows: as few as blocks of at most `most` rows allow (one
-    if None), near-equal, and of a multiple of 16 rows (whole micro-tiles and CUDA tiles)
-    but the last, where `most` leaves room."""
+    if None), near-equal, and of a multiple of 16 rows but the last, where `most` leaves
+    room, so that no block but the last ends in a partial micro-tile (MR is 4 in every variant)."""
     if not most or n <= most:
         return [(0, n)]
     size = -(-n // -(-n // most))
-    if -(-size // 16) * 16 <= most:
-        size = -(-size // 16) * 16
+    up16 = -(-size // 16) * 16
+    if up16 <= most:
+        size = up16
     return [(r0, min(n, r0 + size)) for r0 in range(0, n, size)]
 
 

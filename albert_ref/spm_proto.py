@@ -1,5 +1,6 @@
 """The few fields of sentencepiece's ModelProto this project writes and reads, as raw
-protobuf (the protobuf package is not a dependency of the engine).
+protobuf (the protobuf package is not a dependency of the engine); its wire-format reader
+(`fields`, `read_varint`, `varint`) also parses TF's tensor-bundle protos (weights/tf_bundle.py).
 
 ModelProto: pieces = 1 (SentencePiece: piece = 1, score = 2 float, type = 3),
 normalizer_spec = 3 (NormalizerSpec: name = 1, precompiled_charsmap = 2,

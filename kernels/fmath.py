@@ -78,6 +78,10 @@ def as_float32(typingctx, n):
 
 # --- the same three in pure Python (NumPy float32 scalars), bit for bit ---------------------
 
+_FLOAT64, _INT64 = struct.Struct("<d"), struct.Struct("<q")
+_F32_ROUNDS_TO_INF = float.fromhex("0x1.ffffffp+127")   # FLT_MAX + half an ulp: the tie rounds to inf
+
+
 def fma_exact(a, b, c):
     """float32 fma(a, b, c) of NumPy float32 scalars, one rounding, in float64 arithmetic.
 
@@ -104,10 +108,6 @@ def fma_exact(a, b, c):
     if abs(s) >= _F32_ROUNDS_TO_INF:
         return np.float32(math.copysign(math.inf, s))      # overflow, without NumPy's cast warning
     return np.float32(s)
-
-
-_FLOAT64, _INT64 = struct.Struct("<d"), struct.Struct("<q")
-_F32_ROUNDS_TO_INF = float.fromhex("0x1.ffffffp+127")   # FLT_MAX + half an ulp: the tie rounds to inf
 
 
 def float32_bits(x):

@@ -230,11 +230,14 @@ def read_model(path, verify: bool = True, convert=None) -> ModelFile:
     """Read and validate a model file; `verify=False` skips only the SHA-256 checks (the
     stored checksums are returned either way: the digest is made from them).
 
-    convert(name, array), if given, is applied to each tensor as soon as it has been read
-    and checked, and `tensors` holds its results: a backend packing its weights this way
-    never holds all of the file's arrays and all of their packed copies at once (for
-    xlarge, 235 MB less at the peak). Nothing converted is returned unless the whole file
-    is valid."""
+    convert(name, array), if given, is applied to each tensor as soon as its layout, shape,
+    dtype and finiteness have been checked, and `tensors` holds its results. `array` is a
+    read-only view of the file's memory map (where the file can be mapped) whose SHA-256
+    may still be being checked: a mismatch fails the read afterwards. A result that is such
+    a view is copied; one that keeps such a view inside another object is reported as a
+    bug. A backend packing its weights this way never holds all of the file's arrays and
+    all of their packed copies at once (for xlarge, 235 MB less at the peak). Nothing
+    converted is returned unless the whole file is valid."""
     return _reading(path, lambda f, path: _read(f, path, verify, convert))
 
 
@@ -561,10 +564,9 @@ FAULT_AROUND = 1 << 16
 class _MappedData:
     """The tensors' data, read through a read-only memory map of the file h5py has open (its
     own descriptor, so that it is the same file): nothing is copied before a tensor is
-    checked and converted, and its pages leave the process as soon as both the hasher and
-    the converter are done with it (they come back from the page cache if touched again),
-    so that loading holds the converted tensors plus at most two of the file's (each drops
-    a tensor's pages when done with it; the other faults them back from the page cache).
+    checked and converted, and each of the hasher and the converter drops a tensor's pages
+    when done with it (the other faults them back from the page cache), so that loading
+    holds the converted tensors plus at most two of the file's.
 
     The layout is checked first (contiguous, uncompressed, inside the file). A file cut
     short while it is being read, or a read error of the disk beneath it, would fault the

@@ -108,7 +108,7 @@ def _read_shard(path: Path, entries: list[_Entry], digests: dict | None) -> dict
                 pos = end
                 if sha is None and first == len(entries):
                     break
-            # it shrank since fstat. (Not `first < len(entries)`: an empty shard yields no block, so
+            # The file ended before the last tensor's bytes: it shrank since fstat. (Not `first < len(entries)`: an empty shard yields no block, so
             # `first` never passes its zero-size tensors: test_an_empty_shard_of_empty_tensors.)
             if pos < max((e.offset + e.size for e in entries), default=0):
                 raise ConversionError(f"{path}: short read: the file ended at byte {pos} ({file_size} when "
