@@ -47,6 +47,15 @@ def _on_device(a) -> bool:
     return not isinstance(a, np.ndarray) and hasattr(a, "copy_to_host")
 
 
+def _overlap(a, b) -> bool:
+    """Whether two C-contiguous device arrays share device memory (by their byte extents;
+    the simulator's arrays wrap host arrays, which NumPy compares)."""
+    if hasattr(a, "__cuda_array_interface__"):
+        (pa, _), (pb, _) = a.__cuda_array_interface__["data"], b.__cuda_array_interface__["data"]
+        return pa < pb + b.nbytes and pb < pa + a.nbytes
+    return np.may_share_memory(a._ary, b._ary)
+
+
 def _require_cuda():
     """numba.cuda, after checking that numba-cuda and a GPU are there."""
     if importlib.util.find_spec("numba_cuda") is None:
@@ -214,7 +223,7 @@ class CudaOps:
         else:
             if not _on_device(out):
                 raise ValueError("dense: out must be a device array of this backend's (from empty)")
-            check_out(out, (*lead, N), np.float32, out.is_c_contiguous())
+            check_out(out, (*lead, N), np.float32, contiguous=out.is_c_contiguous(), overlaps=_overlap(out, x2))
             out2 = out.reshape(M, N)
         self._k_gemm.launch_dense(x2, self._dev(kernel), self._dev(bias), out2, activation, tile=self.dense_tile)
         return out2.reshape(*lead, N) if out is None else out

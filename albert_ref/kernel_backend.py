@@ -196,10 +196,9 @@ class KernelOps:
         if out is None:
             out2 = self._workspace.empty((x2.shape[0], N))
         else:
-            check_out(out, (*lead, N), np.float32, out.flags.c_contiguous)
+            check_out(out, (*lead, N), np.float32, contiguous=out.flags.c_contiguous,
+                      overlaps=np.may_share_memory(out, x2))
             out2 = out.reshape(x2.shape[0], N)
-            if np.may_share_memory(out2, x2):   # the kernels would overwrite x while reading it
-                raise ValueError("dense: out must not overlap x")
         if self.fast:
             if kernel.variant != self.isa:
                 raise ValueError(f"dense: kernel packed for isa {kernel.variant.name!r}, backend runs {self.isa.name!r}")

@@ -81,7 +81,7 @@ class NumpyOps:
         result = ACTIVATIONS[activation](np.matmul(x, kernel) + bias)
         if out is None:
             return result
-        check_out(out, result.shape, result.dtype)
+        check_out(out, result.shape, result.dtype, contiguous=True, overlaps=False)
         out[...] = result
         return out
 

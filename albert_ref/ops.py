@@ -117,14 +117,18 @@ def embedding_indices(input_ids, segment_ids, word, token_type, position):
     return ids, segs
 
 
-def check_out(out, shape, dtype, contiguous: bool = True) -> None:
-    """dense's `out`: the result's shape and dtype, and C-contiguous where the backend's
-    kernels write it so (`contiguous`: whether it is), or a ValueError naming the fault."""
+def check_out(out, shape, dtype, *, contiguous: bool, overlaps: bool) -> None:
+    """dense's `out`: the result's shape and dtype, C-contiguous and apart from x where the
+    backend's kernels need it (`contiguous`, `overlaps`: what the backend found; a backend
+    that writes its result in whole after computing it passes True and False), or a
+    ValueError naming the fault."""
     if tuple(out.shape) != tuple(shape) or np.dtype(out.dtype) != np.dtype(dtype):
         raise ValueError(f"dense: out is {np.dtype(out.dtype)} {tuple(out.shape)}, the result "
                          f"{np.dtype(dtype)} {tuple(shape)}")
     if not contiguous:
         raise ValueError("dense: out must be C-contiguous (e.g. a block of rows)")
+    if overlaps:   # the kernels would overwrite x while reading it
+        raise ValueError("dense: out must not overlap x")
 
 
 def size_class(nbytes: int) -> int:

@@ -297,6 +297,20 @@ def test_op_equals_reference(backend, case):
     assert_equal_bits(OPS[case](ops, _rng(case)), _reference(case))
 
 
+@pytest.mark.parametrize("backend", list(BACKENDS))
+def test_dense_refuses_an_out_that_overlaps_its_input(backend):
+    """dense(..., out=) writes out as its kernels go, so an out sharing x's memory would be
+    overwritten while read: refused, by the check every backend shares (ops.check_out)."""
+    ops = backend_ops(backend)
+    eye = ops.prepare("case/kernel", np.eye(4, dtype=np.float32))
+    zero = np.zeros(4, np.float32)
+    x = ops.dense(randn(np.random.default_rng(0), 6, 4), eye, zero)   # the backend's own array
+    with pytest.raises(ValueError, match="dense: out must not overlap x"):
+        ops.dense(x, eye, zero, out=x)
+    out = ops.empty((6, 4))
+    assert ops.dense(x, eye, zero, out=out) is out
+
+
 @functools.cache
 def _reference(case):
     """A case's reference result: the slow scalar kernels run once, whichever backend asks."""

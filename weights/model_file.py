@@ -394,7 +394,8 @@ def _read(f: h5py.File, path: Path, verify: bool, convert=None, header=None) -> 
     read = False
     try:
         arrays = {name: data.view(ds, name) for name, ds in weights.items()}
-        stored = {name: _stored_checksum(ds, path, verify) for name, ds in weights.items()}
+        # the datasets' own checksum attributes, unless the (trusted) manifest gives them
+        stored = {} if trusted else {name: _stored_checksum(ds, path, verify) for name, ds in weights.items()}
 
         def hashing(name, array):
             return hasher.submit(data.released, _verified, array, stored[name], name, path)
@@ -417,7 +418,7 @@ def _read(f: h5py.File, path: Path, verify: bool, convert=None, header=None) -> 
                 except Exception as exc:
                     raise _NotTheFile() from exc
             finally:
-                checksum = hashes.pop(name).result() if verify else stored[name]
+                checksum = hashes.pop(name).result() if verify else stored.get(name)
             if trusted:
                 checksum = listed[name].get("sha256") if isinstance(listed.get(name), dict) else None
             if convert is not None:   # the manifest's entry, while the file's array is still here
