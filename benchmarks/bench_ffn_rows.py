@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -21,21 +20,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_forward import MODEL_NAMES, build_params, inputs, model_fields  # noqa: E402
+from bench_forward import MODEL_NAMES, peak_rss_mb, setup_ours  # noqa: E402
 
 
 def setting(text):
     return None if text == "whole" else int(text)
-
-
-def make(args):
-    from albert_ref.config import AlbertConfig
-    from albert_ref.kernel_backend import KernelOps
-    from albert_ref.memory import limit_heap_retention
-    config = AlbertConfig(**model_fields(args.model))
-    limit_heap_retention()   # as the CLI does
-    ops = KernelOps(True, threads=args.threads)
-    return config, ops, build_params(ops, config), inputs(args.batch, args.seq, config.vocab_size)
 
 
 def peak_rss(args, rows):
@@ -58,14 +47,14 @@ def main(argv=None):
     args = ap.parse_args(argv)
     from albert_ref import forward
     if args.child is not None:
-        config, ops, params, (ids, mask, segs) = make(args)
+        config, ops, params, (ids, mask, segs) = setup_ours(args.model, args.threads, args.batch, args.seq)
         ops.ffn_rows = setting(args.child)
         forward.forward(ops, params, config, ids, mask, segs)
-        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        print(peak_rss_mb())
         return
     from albert_ref.kernels import isa
     rss = {rows: peak_rss(args, rows) for rows in args.rows}
-    config, ops, params, (ids, mask, segs) = make(args)
+    config, ops, params, (ids, mask, segs) = setup_ours(args.model, args.threads, args.batch, args.seq)
     print(f"{args.model} {args.batch}x{args.seq}, {args.threads} threads; {isa.describe(ops.isa)}; "
           f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE')}")
     times, first = {rows: [] for rows in args.rows}, None

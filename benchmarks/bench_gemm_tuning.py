@@ -57,6 +57,8 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--M", type=int, default=1024)
+    ap.add_argument("--pause", type=float, default=0.3,
+                    help="seconds between engines (OpenBLAS's threads spin after a call; bench_gemm.time_in_turns)")
     ap.add_argument("--shapes", default="2048x2048,2048x8192,8192x2048,8192x8192", help="KxN,KxN,...")
     args = ap.parse_args(argv)
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
@@ -92,7 +94,7 @@ def main(argv=None):
             elif not np.array_equal(out.view(np.int32), first.view(np.int32)):
                 raise SystemExit(f"{label} gives other bits than {sets[0][0]}: a kernel bug")
         runs["numpy"] = lambda: np.matmul(x, w)
-        times = time_in_turns(runs, args.rounds, args.reps)
+        times = time_in_turns(runs, args.rounds, args.reps, args.pause)
         flop = 2.0 * M * N * K
         tn, bn = np.median(times["numpy"]), min(times["numpy"])
         line = f"M {M} K {K} N {N}: numpy {flop / tn / 1e9:6.1f} GF/s"
