@@ -92,3 +92,18 @@ def flip_byte(path, offset: int, mask: int) -> None:
     data = bytearray(Path(path).read_bytes())
     data[offset] ^= mask
     Path(path).write_bytes(bytes(data))
+
+
+def smaps():
+    """This process's mappings, from Linux's /proc/self/smaps: (start, end, path ("" for
+    anonymous memory), {field: its values}) each, fields such as "Rss:" and "VmFlags:"."""
+    mappings = []
+    with open("/proc/self/smaps") as fh:
+        for line in fh:
+            head = line.split()
+            if "-" in head[0] and len(head) >= 5:   # a mapping's first line
+                start, end = (int(x, 16) for x in head[0].split("-"))
+                mappings.append((start, end, " ".join(head[5:]), {}))
+            elif mappings:
+                mappings[-1][3][head[0]] = head[1:]
+    return mappings

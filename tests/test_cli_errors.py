@@ -6,7 +6,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tarfile
 import time
 import zipfile
 from pathlib import Path
@@ -19,7 +18,7 @@ from albert_ref.cli import main
 from albert_ref.weights import DEMO_MODEL
 from albert_ref.weights.model_file import read_model, write_model
 from model_util import as_format_version_1, random_model_file, tiny_config
-from test_convert_cli import HUB, _tiny_hf_dir
+from test_convert_cli import HUB, _tiny_hf_dir, hub_archive
 from test_embed_resume import chunks, command, texts
 
 HUB_SPM = HUB / "assets" / "30k-clean.model"
@@ -190,10 +189,7 @@ def test_version_1_files_state_their_guarantee_and_convert_upgrades_them(tmp_pat
 # -- archives ---------------------------------------------------------------------------------------
 
 def test_damaged_gzip_stream_is_named(tmp_path, capsys):
-    archive = tmp_path / "m.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        tar.add(HUB / "variables", arcname="variables")
-        tar.add(HUB / "assets", arcname="assets")
+    archive = hub_archive(tmp_path / "m.tar.gz")
     data = bytearray(archive.read_bytes())
     data[len(data) // 2] ^= 0xFF
     archive.write_bytes(bytes(data))

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from albert_ref.cli import main
+from model_util import flip_byte
 
 FIXTURES = Path(__file__).parent / "fixtures" / "tf"
 HUB = FIXTURES / "hub_module"
@@ -161,20 +162,14 @@ def test_hub_archive_converts_as_its_directory(hub_h5, tmp_path, gz):
     assert all(got.tensors[k].tobytes() == want.tensors[k].tobytes() for k in want.tensors)
 
 
-def _flip(path: Path, offset: int) -> None:
-    data = bytearray(path.read_bytes())
-    data[offset] ^= 0x20
-    path.write_bytes(bytes(data))
-
-
 # A stored (level 0) gzip inflates a flipped byte without complaint: only its CRC-32, at the
 # stream's end, tells. Flipped in the first tar header (tarfile fails first) or in the tar's
 # zero padding after its end-of-archive marker (which tarfile never reads), it is the
 # download that is damaged.
 @pytest.mark.parametrize("name, damage, message", [
     ("m.tar.gz", lambda a: a.write_bytes(a.read_bytes()[: a.stat().st_size // 2]), "damaged gzip stream"),
-    ("m.tar.gz", lambda a: _flip(a, 10 + 5 + 100), "damaged gzip stream"),
-    ("m.tar.gz", lambda a: _flip(a, a.stat().st_size - 8 - 1024 - 2000), "damaged gzip stream"),
+    ("m.tar.gz", lambda a: flip_byte(a, 10 + 5 + 100, 0x20), "damaged gzip stream"),
+    ("m.tar.gz", lambda a: flip_byte(a, a.stat().st_size - 8 - 1024 - 2000, 0x20), "damaged gzip stream"),
     ("m.tar.gz", lambda a: a.write_bytes(a.read_bytes()[:-3]), "damaged gzip stream"),
     ("m.tar", lambda a: a.write_bytes(a.read_bytes()[: a.stat().st_size // 2]), "unreadable archive"),
 ])
@@ -202,7 +197,7 @@ def test_hub_archive_is_read_once(tmp_path, monkeypatch, gz, damaged):
     import builtins
     archive = hub_archive(tmp_path / ("m.tar.gz" if gz else "m.tar"), gz, padding=0 if gz else 1 << 20)
     if damaged:
-        _flip(archive, archive.stat().st_size - 8 - 1024 - 2000)
+        flip_byte(archive, archive.stat().st_size - 8 - 1024 - 2000, 0x20)
     read = []
     real_open = builtins.open
 

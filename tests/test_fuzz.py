@@ -16,7 +16,6 @@ import contextlib
 import io
 import json
 import shutil
-import tarfile
 from pathlib import Path
 
 import h5py
@@ -30,6 +29,7 @@ from albert_ref.weights import DEMO_MODEL
 from albert_ref.weights.convert import convert
 from albert_ref.weights.model_file import read_model, write_model
 from model_util import random_model_file, tiny_config
+from test_convert_cli import hub_archive as make_hub_archive
 
 FIXTURES = Path(__file__).parent / "fixtures" / "tf"
 # The default profile's 100 examples per target would take CI too long; the fuzz profile
@@ -228,10 +228,7 @@ def test_tf_checkpoint_bytes(tmp_path, tf_original, data, which):
 @pytest.fixture(scope="module")
 def hub_archive(tmp_path_factory):
     folder = tmp_path_factory.mktemp("fuzz-hub")
-    archive = folder / "module.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        tar.add(FIXTURES / "hub_module" / "variables", arcname="variables")
-        tar.add(FIXTURES / "hub_module" / "assets", arcname="assets")
+    archive = make_hub_archive(folder / "module.tar.gz")
     return archive, convert(archive, folder / "m.h5")
 
 

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from albert_ref.memory import weight_array, weight_copy
+from model_util import smaps
 
 
 @pytest.mark.parametrize("shape", [(0,), (3, 5), (2, 300, 700), (1 << 18,)])
@@ -18,16 +19,10 @@ def test_weight_arrays_are_writable_c_ordered_and_hold_what_is_copied(shape):
 
 
 def _vm_flags(address: int) -> list[str]:
-    """The VmFlags of the mapping that holds `address` (Linux: /proc/self/smaps)."""
-    inside = False
-    with open("/proc/self/smaps") as fh:
-        for line in fh:
-            head = line.split()
-            if "-" in head[0] and len(head) >= 5:   # a mapping's first line
-                start, end = (int(x, 16) for x in head[0].split("-"))
-                inside = start <= address < end
-            elif inside and head[0] == "VmFlags:":
-                return head[1:]
+    """The VmFlags of the mapping that holds `address`."""
+    for start, end, _, fields in smaps():
+        if start <= address < end:
+            return fields["VmFlags:"]
     raise AssertionError(f"no mapping holds {address:#x}")
 
 

@@ -278,8 +278,11 @@ def _block(records) -> bytes:
     return body + struct.pack("<II", 0, 1)  # one restart point, at 0
 
 
-def write_bundle(prefix: Path, records, data: bytes = b"", compression: int = 0) -> None:
-    """A one-data-block SSTable of (key, value) records plus a data shard, as TF lays it out."""
+def write_raw_table(prefix: Path, data_block: bytes, index_extra: bytes = b"", gap: bytes = b"", tail: bytes = b"",
+                    kind: int = 0, index_key: bytes = b"\xff", data: bytes = b""):
+    """An index file holding `data_block` as is (CRC-sealed, like every block, compression
+    `kind`), an index entry under `index_key` whose handle is followed by index_extra, `gap`
+    bytes between the data and meta blocks, `tail` bytes before the footer; and a data shard."""
     out = bytearray()
 
     def put(block: bytes, kind: int = 0) -> bytes:
@@ -287,12 +290,19 @@ def write_bundle(prefix: Path, records, data: bytes = b"", compression: int = 0)
         out.extend(block + bytes([kind]) + struct.pack("<I", _masked(block + bytes([kind]))))
         return handle
 
-    data_handle = put(_block(records), compression)
+    data_handle = put(data_block, kind)
+    out.extend(gap)
     meta = put(_block([]))
-    index = put(_block([(records[-1][0] + b"\xff", data_handle)]))
+    index = put(_block([(index_key, data_handle + index_extra)]))
+    out.extend(tail)
     out.extend((meta + index).ljust(40, b"\0") + struct.pack("<Q", 0xDB4775248B80FB57))
     Path(f"{prefix}.index").write_bytes(bytes(out))
     data_shard(prefix).write_bytes(data)
+
+
+def write_bundle(prefix: Path, records, data: bytes = b"", compression: int = 0) -> None:
+    """A one-data-block SSTable of (key, value) records plus a data shard, as TF lays it out."""
+    write_raw_table(prefix, _block(records), kind=compression, index_key=records[-1][0] + b"\xff", data=data)
 
 
 def header(shards=1, endianness=0, producer=1, min_consumer=0, bad=()) -> tuple[bytes, bytes]:
@@ -426,27 +436,6 @@ def test_refuses_malformed_entries_by_name(tmp_path, records, message):
     write_bundle(tmp_path / "x", records, _W)
     with pytest.raises(ConversionError, match=message):
         read_bundle(tmp_path / "x")
-
-
-def write_raw_table(prefix: Path, data_block: bytes, index_extra: bytes = b"", gap: bytes = b"", tail: bytes = b""):
-    """An index file holding `data_block` as is (CRC-sealed, like every block), the index
-    entry's handle followed by index_extra, `gap` bytes between the data and meta blocks,
-    `tail` bytes before the footer."""
-    out = bytearray()
-
-    def put(block: bytes) -> bytes:
-        handle = varint(len(out)) + varint(len(block))
-        out.extend(block + b"\0" + struct.pack("<I", _masked(block + b"\0")))
-        return handle
-
-    data_handle = put(data_block)
-    out.extend(gap)
-    meta = put(_block([]))
-    index = put(_block([(b"\xff", data_handle + index_extra)]))
-    out.extend(tail)
-    out.extend((meta + index).ljust(40, b"\0") + struct.pack("<Q", 0xDB4775248B80FB57))
-    Path(f"{prefix}.index").write_bytes(bytes(out))
-    data_shard(prefix).write_bytes(b"")
 
 
 @pytest.mark.parametrize("data_block, changes, message", [
